@@ -1,0 +1,49 @@
+// BlobBackend: where raw (compressed) blob bytes come from.
+//
+// A backend hands out one BlobReader per blob id. Readers are the unit the
+// decorators (retry, metrics, mirrors, peers, cache) wrap; each decorator
+// owns what it wraps through std::unique_ptr, composed once at start-up.
+//
+// Thread-safety: every method of BlobBackend and BlobReader may be called
+// from any number of threads at once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "common/status.h"
+
+namespace nydus::backend {
+
+class BlobReader {
+ public:
+  virtual ~BlobReader() = default;
+
+  // One attempt to read up to dst.size() bytes at `offset`. May return
+  // fewer bytes (a short read) but returns 0 only at the end of the blob.
+  // Errors: kNotFound (blob vanished), kIo (transport), kTimeout.
+  virtual Result<size_t> try_read(uint64_t offset, std::span<uint8_t> dst) = 0;
+
+  // Size of the blob in bytes.
+  virtual Result<uint64_t> size() = 0;
+
+  // Reads exactly dst.size() bytes, looping over short reads. Reaching the
+  // end of the blob first is a kIo error naming the offset.
+  Status read_exact(uint64_t offset, std::span<uint8_t> dst);
+};
+
+class BlobBackend {
+ public:
+  virtual ~BlobBackend() = default;
+
+  // A reader for `blob_id`. kNotFound when the backend knows the blob does
+  // not exist (localfs: no such file). Readers may be cached and shared.
+  virtual Result<std::shared_ptr<BlobReader>> reader(const std::string& blob_id) = 0;
+
+  // "localfs", "registry", ... as in the config and /metrics/backend.
+  virtual std::string type() const = 0;
+};
+
+}  // namespace nydus::backend

@@ -1,0 +1,40 @@
+// FileBytes: the whole content of a file, read once into memory. Move-only.
+// The bytes are immutable for the life of the object, so concurrent reads
+// from any thread are safe.
+//
+// Why a copy and not mmap: the bootstrap is untrusted and may be truncated
+// or rewritten by someone else while mounted; a mapped page past the new
+// end would kill the daemon with SIGBUS. Readers cap the size (RAFS
+// metadata <= 2 GiB) before trusting anything inside.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace nydus {
+
+class FileBytes {
+ public:
+  FileBytes() = default;
+  FileBytes(FileBytes&&) noexcept = default;
+  FileBytes& operator=(FileBytes&&) noexcept = default;
+  FileBytes(const FileBytes&) = delete;
+  FileBytes& operator=(const FileBytes&) = delete;
+
+  // Reads `path`. Fails with a message naming the path on any error.
+  static Result<FileBytes> open(const std::string& path);
+  // Wraps a copy of `bytes` (tests and fuzzers).
+  static FileBytes from_bytes(std::span<const uint8_t> bytes);
+
+  std::span<const uint8_t> bytes() const { return {owned_.data(), owned_.size()}; }
+  size_t size() const { return owned_.size(); }
+
+ private:
+  std::vector<uint8_t> owned_;
+};
+
+}  // namespace nydus
