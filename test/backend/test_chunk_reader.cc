@@ -1,0 +1,1 @@
+// Tests are added here by the module's author.
