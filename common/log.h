@@ -31,10 +31,10 @@ void write(Level level, const char* file, int line, const char* fmt, ...)
 
 }  // namespace nydus::log
 
-#define NYDUS_LOG(level, ...)                                              \
-  do {                                                                     \
-    if (static_cast<int>(level) >= static_cast<int>(::nydus::log::level())) \
-      ::nydus::log::write(level, __FILE__, __LINE__, __VA_ARGS__);         \
+#define NYDUS_LOG(log_level_, ...)                                              \
+  do {                                                                          \
+    if (static_cast<int>(log_level_) >= static_cast<int>(::nydus::log::level())) \
+      ::nydus::log::write(log_level_, __FILE__, __LINE__, __VA_ARGS__);         \
   } while (0)
 #define LOG_TRACE(...) NYDUS_LOG(::nydus::log::Level::kTrace, __VA_ARGS__)
 #define LOG_DEBUG(...) NYDUS_LOG(::nydus::log::Level::kDebug, __VA_ARGS__)

@@ -1,0 +1,305 @@
+#include "daemon/fuse_ops.h"
+
+#include <sys/xattr.h>
+
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "common/log.h"
+
+namespace nydus::daemon {
+namespace {
+
+constexpr unsigned kMaxIoBytes = 1u << 20;  // max_write / max_read
+
+FuseContext& ctx(fuse_req_t req) { return *static_cast<FuseContext*>(fuse_req_userdata(req)); }
+
+// Runs `fn`, replying EIO (ENOMEM for bad_alloc) if it throws. `fn` itself
+// must reply exactly once on every path that returns normally.
+template <typename Fn>
+void guarded(fuse_req_t req, const char* op, Fn&& fn) noexcept {
+  try {
+    fn();
+  } catch (const std::bad_alloc&) {
+    LOG_ERROR("ENOMEM(%s): out of memory", op);
+    fuse_reply_err(req, ENOMEM);
+  } catch (const std::exception& e) {
+    LOG_ERROR("EIO(%s-exception): %s", op, e.what());
+    fuse_reply_err(req, EIO);
+  } catch (...) {
+    LOG_ERROR("EIO(%s-exception): unknown exception", op);
+    fuse_reply_err(req, EIO);
+  }
+}
+
+fuse_entry_param make_entry(const FuseContext& c, const fs::Entry& entry) {
+  fuse_entry_param e{};
+  e.ino = entry.node;
+  e.generation = 0;  // ids never change meaning while mounted
+  e.attr = entry.attr;
+  e.attr_timeout = c.attr_timeout;
+  e.entry_timeout = c.entry_timeout;
+  return e;
+}
+
+void op_init(void* userdata, fuse_conn_info* conn) {
+  (void)userdata;
+  // Test `capable` before asking; log what was agreed once.
+  conn->max_write = kMaxIoBytes;  // libfuse 3.14 derives max_pages from this
+  conn->max_read = kMaxIoBytes;
+  conn->max_readahead = std::max<unsigned>(conn->max_readahead, kMaxIoBytes);
+  conn->max_background = 128;
+  conn->congestion_threshold = 96;
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  // Attributes never change, so there is nothing to auto-invalidate; leaving
+  // it on would drop the page cache whenever a stale mtime compare fires.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+  // The reply path copies from our buffers; splice measured no better
+  // elsewhere (STYLE-ANCHORS pitfall 17).
+  conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+  LOG_INFO("FUSE init: proto %u.%u, max_write %u, max_readahead %u, max_background %u, congestion %u",
+           conn->proto_major, conn->proto_minor, conn->max_write, conn->max_readahead,
+           conn->max_background, conn->congestion_threshold);
+}
+
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  guarded(req, "lookup", [&] {
+    auto entry = ctx(req).fs->lookup(parent, name);
+    if (!entry.ok()) {
+      if (entry.status().code() == Code::kNotFound) {
+        // Negative entry, cached like a positive one: the image is immutable.
+        fuse_entry_param e{};
+        e.entry_timeout = ctx(req).entry_timeout;
+        fuse_reply_entry(req, &e);
+        return;
+      }
+      fuse_reply_err(req, entry.status().to_errno());
+      return;
+    }
+    fuse_entry_param e = make_entry(ctx(req), *entry);
+    fuse_reply_entry(req, &e);
+  });
+}
+
+// Node ids are a pure function of the image: nothing to release.
+void op_forget(fuse_req_t req, fuse_ino_t, uint64_t) { fuse_reply_none(req); }
+void op_forget_multi(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
+
+void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  guarded(req, "getattr", [&] {
+    auto attr = ctx(req).fs->getattr(ino);
+    if (!attr.ok()) {
+      fuse_reply_err(req, attr.status().to_errno());
+      return;
+    }
+    fuse_reply_attr(req, &*attr, ctx(req).attr_timeout);
+  });
+}
+
+void op_readlink(fuse_req_t req, fuse_ino_t ino) {
+  guarded(req, "readlink", [&] {
+    auto target = ctx(req).fs->readlink(ino);
+    if (!target.ok()) {
+      fuse_reply_err(req, target.status().code() == Code::kInvalidInput ? EINVAL : target.status().to_errno());
+      return;
+    }
+    fuse_reply_readlink(req, target->c_str());
+  });
+}
+
+void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(req, "opendir", [&] {
+    auto attr = ctx(req).fs->getattr(ino);
+    if (!attr.ok()) {
+      fuse_reply_err(req, attr.status().to_errno());
+      return;
+    }
+    if (!S_ISDIR(attr->st_mode)) {
+      fuse_reply_err(req, ENOTDIR);
+      return;
+    }
+    fi->cache_readdir = 1;
+    fi->keep_cache = 1;
+    fuse_reply_open(req, fi);
+  });
+}
+
+void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+  guarded(req, plus ? "readdirplus" : "readdir", [&] {
+    const FuseContext& c = ctx(req);
+    size = std::min<size_t>(size, kMaxIoBytes);
+    std::vector<char> buf(size);
+    size_t used = 0;
+    Status s = c.fs->readdir(ino, static_cast<uint64_t>(off), plus,
+                             [&](std::string_view name, fs::NodeId node, const struct stat& attr, uint64_t next) {
+                               std::string n(name);
+                               size_t need;
+                               if (plus) {
+                                 fuse_entry_param e = make_entry(c, fs::Entry{node, attr});
+                                 need = fuse_add_direntry_plus(req, buf.data() + used, size - used, n.c_str(), &e,
+                                                               static_cast<off_t>(next));
+                               } else {
+                                 struct stat st = attr;
+                                 st.st_ino = node;
+                                 need = fuse_add_direntry(req, buf.data() + used, size - used, n.c_str(), &st,
+                                                          static_cast<off_t>(next));
+                               }
+                               if (need > size - used) return false;  // full; resume at this entry
+                               used += need;
+                               return true;
+                             });
+    if (!s.ok() && used == 0) {
+      fuse_reply_err(req, s.to_errno());
+      return;
+    }
+    fuse_reply_buf(req, buf.data(), used);
+  });
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  do_readdir(req, ino, size, off, false);
+}
+void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  do_readdir(req, ino, size, off, true);
+}
+void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(req, "open", [&] {
+    if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+      fuse_reply_err(req, EROFS);
+      return;
+    }
+    Status s = ctx(req).fs->open(ino);
+    if (!s.ok()) {
+      fuse_reply_err(req, s.to_errno());
+      return;
+    }
+    fi->keep_cache = 1;  // file content never changes under an inode
+    fuse_reply_open(req, fi);
+  });
+}
+
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  guarded(req, "read", [&] {
+    thread_local std::vector<uint8_t> buf;
+    size = std::min<size_t>(size, kMaxIoBytes);
+    if (buf.size() < size) buf.resize(size);
+    auto n = ctx(req).fs->read(ino, static_cast<uint64_t>(off), {buf.data(), size});
+    if (!n.ok()) {
+      // Every data failure is EIO: ENOENT here would tell the caller the file
+      // vanished, while the image still lists it.
+      if (n.status().code() == Code::kCorrupt)
+        LOG_ERROR("EIO(read-corrupt) node %lu offset %lld: %s", static_cast<unsigned long>(ino),
+                  static_cast<long long>(off), n.status().message().c_str());
+      else
+        LOG_DEBUG("EIO(read) node %lu offset %lld: %s", static_cast<unsigned long>(ino),
+                  static_cast<long long>(off), n.status().message().c_str());
+      fuse_reply_err(req, EIO);
+      return;
+    }
+    fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
+  });
+}
+
+void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void op_statfs(fuse_req_t req, fuse_ino_t) {
+  guarded(req, "statfs", [&] {
+    struct statvfs sv = ctx(req).fs->statfs();
+    fuse_reply_statfs(req, &sv);
+  });
+}
+
+// Replies to getxattr/listxattr size probes and copies per the xattr(7) rules.
+void reply_xattr_bytes(fuse_req_t req, const std::string& bytes, size_t size) {
+  if (size == 0) {
+    fuse_reply_xattr(req, bytes.size());
+  } else if (size < bytes.size()) {
+    fuse_reply_err(req, ERANGE);
+  } else {
+    fuse_reply_buf(req, bytes.data(), bytes.size());
+  }
+}
+
+int xattr_errno(const Status& s) {
+  // Disabled xattrs answer ENOSYS, which makes the kernel stop asking for
+  // the whole mount (upstream nydusd does the same).
+  return s.code() == Code::kUnsupported ? ENOSYS : s.to_errno();
+}
+
+void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  guarded(req, "getxattr", [&] {
+    auto value = ctx(req).fs->getxattr(ino, name);
+    if (!value.ok()) {
+      fuse_reply_err(req, xattr_errno(value.status()));
+      return;
+    }
+    reply_xattr_bytes(req, *value, size);
+  });
+}
+
+void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  guarded(req, "listxattr", [&] {
+    auto names = ctx(req).fs->listxattr(ino);
+    if (!names.ok()) {
+      fuse_reply_err(req, xattr_errno(names.status()));
+      return;
+    }
+    std::string packed;
+    for (const auto& n : *names) {
+      packed += n;
+      packed.push_back('\0');
+    }
+    reply_xattr_bytes(req, packed, size);
+  });
+}
+
+void op_access(fuse_req_t req, fuse_ino_t ino, int mask) {
+  guarded(req, "access", [&] {
+    auto attr = ctx(req).fs->getattr(ino);
+    if (!attr.ok()) {
+      fuse_reply_err(req, attr.status().to_errno());
+      return;
+    }
+    // Permission bits are checked by the kernel (default_permissions); the
+    // only thing to refuse here is writing to a read-only image.
+    fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+  });
+}
+
+fuse_lowlevel_ops make_operations() {
+  fuse_lowlevel_ops ops{};
+  ops.init = op_init;
+  ops.lookup = op_lookup;
+  ops.forget = op_forget;
+  ops.forget_multi = op_forget_multi;
+  ops.getattr = op_getattr;
+  ops.readlink = op_readlink;
+  ops.opendir = op_opendir;
+  ops.readdir = op_readdir;
+  ops.readdirplus = op_readdirplus;
+  ops.releasedir = op_releasedir;
+  ops.open = op_open;
+  ops.read = op_read;
+  ops.release = op_release;
+  ops.statfs = op_statfs;
+  ops.getxattr = op_getxattr;
+  ops.listxattr = op_listxattr;
+  ops.access = op_access;
+  return ops;
+}
+
+}  // namespace
+
+const fuse_lowlevel_ops& fuse_operations() {
+  static const fuse_lowlevel_ops ops = make_operations();
+  return ops;
+}
+
+}  // namespace nydus::daemon

@@ -1,0 +1,198 @@
+// nydusd: mounts a RAFS (nydus) image over FUSE. Drop-in for upstream's
+// command line (daemon/cli.h) and config file (daemon/config.h).
+#include <limits.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/chunk_reader.h"
+#include "backend/localfs_backend.h"
+#include "bootstrap/image.h"
+#include "common/log.h"
+#include "daemon/cli.h"
+#include "daemon/config.h"
+#include "daemon/fuse_server.h"
+#include "fs/filesystem.h"
+
+namespace nydus::daemon {
+namespace {
+
+std::string log_file_path(const std::string& given) {
+  // Upstream adds ".log" to a name without an extension.
+  std::string base = given.substr(given.rfind('/') == std::string::npos ? 0 : given.rfind('/') + 1);
+  return base.find('.') == std::string::npos ? given + ".log" : given;
+}
+
+Status setup_logging(const CommandLine& cl) {
+  log::Level level;
+  log::parse_level(cl.log_level, &level);  // validated by the CLI parser
+  log::set_level(level);
+  if (!cl.log_file.empty()) {
+    std::string path = log_file_path(cl.log_file);
+    if (!log::log_to_file(path, cl.log_rotation_size_mib << 20))
+      return Status::io("cannot open log file " + path + ": " + std::strerror(errno));
+  }
+  return Status::Ok();
+}
+
+void raise_nofile(uint64_t wanted) {
+  if (wanted == 0) return;
+  uint64_t file_max = 0;
+  if (std::ifstream in("/proc/sys/fs/file-max"); in) in >> file_max;
+  if (file_max > 16384) wanted = std::min<uint64_t>(wanted, file_max - 16384);
+  wanted = std::min<uint64_t>(wanted, 1000000);
+  rlimit rl{};
+  getrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_cur >= wanted) return;
+  rlimit raised{wanted, std::max<rlim_t>(rl.rlim_max, wanted)};
+  if (setrlimit(RLIMIT_NOFILE, &raised) != 0) {
+    raised.rlim_max = rl.rlim_max;
+    raised.rlim_cur = std::min<rlim_t>(wanted, rl.rlim_max);
+    setrlimit(RLIMIT_NOFILE, &raised);
+  }
+}
+
+// Flags upstream has that this build accepts but does not act on yet. Each
+// is logged, so nothing is silently ignored.
+void warn_unsupported(const CommandLine& cl) {
+  if (!cl.apisock.empty())
+    LOG_WARN("--apisock %s: the admin HTTP API is not supported yet; no socket is created", cl.apisock.c_str());
+  if (!cl.supervisor.empty())
+    LOG_WARN("--supervisor/--id: failover and hot upgrade are not supported yet");
+  if (cl.failover_policy != "resend")
+    LOG_WARN("--failover-policy %s: failover is not supported yet", cl.failover_policy.c_str());
+  if (!cl.dedup_db.empty()) LOG_WARN("--dedup-db is not supported; ignored");
+  if (!cl.backend_source.empty()) LOG_INFO("--backend-source %s ignored (not an upstream flag)", cl.backend_source.c_str());
+  if (cl.virtual_mountpoint != "/")
+    LOG_WARN("--virtual-mountpoint %s: only \"/\" is served (no shared mode yet)", cl.virtual_mountpoint.c_str());
+}
+
+Result<std::vector<std::string>> read_prefetch_files(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::io("cannot read --prefetch-files " + path);
+  std::vector<std::string> files;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    if (line[0] != '/') return Status::invalid("--prefetch-files " + path + ": not an absolute path: " + line);
+    files.push_back(line);
+  }
+  return files;
+}
+
+Result<std::unique_ptr<backend::BlobBackend>> make_backend(const BackendConfig& config) {
+  if (config.type == "localfs") {
+    return backend::make_localfs_backend({config.dir, config.blob_file, config.alt_dirs});
+  }
+  return Status::unsupported("backend type '" + config.type + "' is not supported yet (supported: localfs)");
+}
+
+int run(const CommandLine& cl) {
+  if (cl.subcommand == "singleton") {
+    LOG_ERROR("the singleton (fscache) service is not supported yet");
+    return 1;
+  }
+  if (cl.upgrade) {
+    LOG_ERROR("--upgrade (hot upgrade takeover) is not supported yet");
+    return 1;
+  }
+  if (!cl.shared_dir.empty()) {
+    LOG_ERROR("--shared-dir (passthrough fs) is not supported");
+    return 1;
+  }
+  if (cl.writable) {
+    LOG_ERROR("--writable is not supported: RAFS images are read-only");
+    return 1;
+  }
+  if (cl.bootstrap.empty()) {
+    LOG_ERROR("no --bootstrap: shared mode (mounts through the admin API) is not supported yet");
+    return 1;
+  }
+  warn_unsupported(cl);
+  raise_nofile(cl.rlimit_nofile);
+
+  char resolved[PATH_MAX];
+  if (!realpath(cl.mountpoint.c_str(), resolved)) {
+    LOG_ERROR("mountpoint %s: %s", cl.mountpoint.c_str(), std::strerror(errno));
+    return 1;
+  }
+  struct stat st {};
+  if (stat(resolved, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    LOG_ERROR("mountpoint %s is not a directory", resolved);
+    return 1;
+  }
+
+  Result<RafsConfig> config = Status::invalid("config: need --config or --localfs-dir");
+  if (!cl.config.empty()) config = load_config_file(cl.config);
+  else if (!cl.localfs_dir.empty()) config = localfs_dir_config(cl.localfs_dir);
+  if (!config.ok()) {
+    LOG_ERROR("%s", config.status().message().c_str());
+    return 1;
+  }
+  if (!cl.prefetch_files.empty()) {
+    auto files = read_prefetch_files(cl.prefetch_files);
+    if (!files.ok()) {
+      LOG_ERROR("%s", files.status().message().c_str());
+      return 1;
+    }
+    LOG_WARN("--prefetch-files: %zu paths read; prefetch is not supported yet", files->size());
+  }
+  if (config->prefetch.enable) LOG_WARN("fs_prefetch.enable: prefetch is not supported yet");
+  if (!config->cache.type.empty() && config->cache.type != "dummycache")
+    LOG_WARN("cache type '%s': the blob cache is not supported yet; chunks are read from the backend",
+             config->cache.type.c_str());
+
+  auto image = bootstrap::Image::open(cl.bootstrap);
+  if (!image.ok()) {
+    LOG_ERROR("%s", image.status().message().c_str());
+    return 1;
+  }
+  auto backend = make_backend(config->backend);
+  if (!backend.ok()) {
+    LOG_ERROR("%s", backend.status().message().c_str());
+    return 1;
+  }
+  LOG_INFO("bootstrap %s: RAFS v%u, %zu blob(s), %llu inodes, chunk size %u, %s/%s", cl.bootstrap.c_str(),
+           (*image)->super().version, (*image)->blobs().size(),
+           static_cast<unsigned long long>((*image)->super().inodes_count), (*image)->super().chunk_size,
+           bootstrap::compressor_name((*image)->super().compressor),
+           bootstrap::digester_name((*image)->super().digester));
+
+  backend::ChunkReaderOptions reader_options;
+  reader_options.validate_digest = config->digest_validate;
+  reader_options.work_dir = config->cache.work_dir;
+  auto reader = std::make_unique<backend::ChunkReader>((*image)->blobs(), std::move(backend).value(),
+                                                       reader_options);
+  fs::FsOptions fs_options;
+  fs_options.enable_xattr = config->enable_xattr;
+  fs_options.default_uid = getuid();
+  fs_options.default_gid = getgid();
+  fs::Filesystem filesystem(std::move(image).value(), std::move(reader), fs_options);
+
+  FuseServerOptions server_options;
+  server_options.mountpoint = resolved;
+  server_options.max_threads = cl.threads;
+  return serve_fuse(filesystem, server_options);
+}
+
+}  // namespace
+}  // namespace nydus::daemon
+
+int main(int argc, char** argv) {
+  using namespace nydus::daemon;
+  block_shutdown_signals();
+  CommandLine cl;
+  if (auto rc = parse_command_line(argc, argv, &cl)) return *rc;
+  if (auto s = setup_logging(cl); !s.ok()) {
+    std::fprintf(stderr, "nydusd: %s\n", s.message().c_str());
+    return 1;
+  }
+  return run(cl);
+}
