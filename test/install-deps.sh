@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages needed to build and test nydus-p2p, when
+# any is missing. Safe to run repeatedly; needs root (or sudo) to install.
+set -euo pipefail
+
+packages=(
+  meson ninja-build pkg-config g++ clang libclang-rt-14-dev
+  libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev libzstd-dev liblz4-dev
+  nlohmann-json3-dev liburing-dev catch2 librust-blake3-dev libcli11-dev libtomlplusplus-dev
+  libmicrohttpd-dev libarchive-dev
+  python3 python3-pytest erofs-utils squashfs-tools squashfuse attr zstd util-linux
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
