@@ -48,7 +48,6 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   (void)userdata;
   // Test `capable` before asking; log what was agreed once.
   conn->max_write = kMaxIoBytes;  // libfuse 3.14 derives max_pages from this
-  conn->max_read = kMaxIoBytes;
   conn->max_readahead = std::max<unsigned>(conn->max_readahead, kMaxIoBytes);
   conn->max_background = 128;
   conn->congestion_threshold = 96;
