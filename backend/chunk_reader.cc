@@ -1,1 +1,432 @@
-// PLACEHOLDER: to be written.
+#include "backend/chunk_reader.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "backend/blob_id.h"
+#include "backend/compress.h"
+#include "bootstrap/blob_meta.h"
+#include "common/digest.h"
+#include "common/file_bytes.h"
+#include "common/log.h"
+
+namespace nydus::backend {
+namespace {
+
+using bootstrap::BlobInfo;
+using bootstrap::ChunkRef;
+using bootstrap::Compressor;
+using bootstrap::Digest;
+
+constexpr uint32_t kMaxChunkSize = 16u << 20;           // rafs-format.md §1.10
+constexpr size_t kMaxRetainedScratch = 4u << 20;         // see Scratch
+constexpr uint64_t kMaxMetaBytes = 512ull << 20;         // 2^24 chunks x 24 B + zran tables
+constexpr uint32_t kMaxTocSize = 1u << 20;               // a ToC is a few 128-byte entries
+constexpr size_t kTocEntrySize = 128;
+constexpr uint32_t kFeatureInlinedChunkDigest = 0x0000'0020;  // BlobFeatures, §1.5
+constexpr uint32_t kFeatureEncrypted = 0x0000'0100;
+constexpr uint32_t kFeatureHasToc = 0x2000'0000;
+
+bool is_zero(const Digest& d) {
+  return std::all_of(d.begin(), d.end(), [](uint8_t b) { return b == 0; });
+}
+
+std::string chunk_name(const BlobInfo& blob, uint32_t chunk_index) {
+  return "blob " + blob.id + " chunk " + std::to_string(chunk_index);
+}
+
+// `message` without a leading "blob <id>: ", which the parsers and the
+// backend already put there, so that adding our own context does not name
+// the blob twice.
+std::string without_blob_prefix(const std::string& message, const BlobInfo& blob) {
+  const std::string prefix = "blob " + blob.id + ": ";
+  return message.rfind(prefix, 0) == 0 ? message.substr(prefix.size()) : message;
+}
+
+Status in_context(const Status& s, const std::string& where, const BlobInfo& blob) {
+  return Status(s.code(), where + ": " + without_blob_prefix(s.message(), blob));
+}
+
+// Compressed bytes go through a per-thread buffer that is reused across
+// reads, so the hot path allocates only when a chunk is larger than any
+// this thread has seen. Buffers above 4 MiB (images with 16 MiB chunks)
+// are released after the read: dozens of FUSE threads each pinning 16 MiB
+// would cost more than the occasional allocation.
+class Scratch {
+ public:
+  explicit Scratch(size_t n) : n_(n) {
+    State& s = state();
+    if (s.capacity < n) {
+      s.data.reset();  // free first: never hold two large buffers at once
+      s.data = std::make_unique_for_overwrite<uint8_t[]>(n);
+      s.capacity = n;
+    }
+  }
+  ~Scratch() {
+    State& s = state();
+    if (s.capacity > kMaxRetainedScratch) {
+      s.data.reset();
+      s.capacity = 0;
+    }
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+
+  std::span<uint8_t> span() const { return {state().data.get(), n_}; }
+
+ private:
+  struct State {
+    std::unique_ptr<uint8_t[]> data;
+    size_t capacity = 0;
+  };
+  static State& state() {
+    thread_local State s;
+    return s;
+  }
+  const size_t n_;
+};
+
+// Reads the blob's chunk digest array (blob.digest, 32 bytes per chunk,
+// rafs-format.md §5.3) through the ToC at the end of the blob (§5.5). Every
+// step is checked: the ToC against the bootstrap's toc_digest, the array
+// against the sha256 in its ToC entry.
+Result<std::vector<uint8_t>> load_chunk_digests(BlobReader& reader, const BlobInfo& blob) {
+  // Without a ToC the digest array can only be found by walking the tar
+  // headers backwards; not implemented yet.
+  if ((blob.features & kFeatureHasToc) == 0 || blob.toc_size <= bootstrap::kTarHeaderSize)
+    return Status::unsupported("the blob has a chunk digest array but no ToC to find it");
+  const uint32_t toc_size = blob.toc_size;
+  if (toc_size > kMaxTocSize || (toc_size - bootstrap::kTarHeaderSize) % kTocEntrySize != 0)
+    return Status::corrupt("ToC size " + std::to_string(toc_size) + " is not 512 + n x 128 bytes");
+  NYDUS_ASSIGN(const uint64_t blob_size, reader.size());
+  if (blob_size < toc_size)
+    return Status::corrupt("blob of " + std::to_string(blob_size) + " bytes cannot hold a " +
+                           std::to_string(toc_size) + "-byte ToC");
+  std::vector<uint8_t> toc(toc_size);
+  NYDUS_TRY(reader.read_exact(blob_size - toc_size, toc));
+  if (!is_zero(blob.toc_digest)) {
+    // toc_digest covers the entries and their trailing tar header.
+    const Digest actual = digest(bootstrap::Digester::kSha256, toc);
+    if (actual != blob.toc_digest)
+      return Status::corrupt("ToC sha256 mismatch: expected " + to_hex(blob.toc_digest) + ", got " +
+                             to_hex(actual));
+  }
+  NYDUS_ASSIGN(auto entries, bootstrap::parse_toc(std::span<const uint8_t>(toc).first(
+                                 toc_size - bootstrap::kTarHeaderSize)));
+  auto it = std::find_if(entries.begin(), entries.end(),
+                         [](const bootstrap::TocEntry& e) { return e.name == "blob.digest"; });
+  if (it == entries.end()) return Status::unsupported("the ToC has no blob.digest entry");
+  const bootstrap::TocEntry& entry = *it;
+  if (blob.chunk_count != 0 && entry.uncompressed_size != uint64_t{blob.chunk_count} * 32)
+    return Status::corrupt("blob.digest holds " + std::to_string(entry.uncompressed_size) +
+                           " bytes, expected 32 x " + std::to_string(blob.chunk_count) + " chunks");
+  if (entry.uncompressed_size % 32 != 0 || entry.uncompressed_size > kMaxMetaBytes ||
+      entry.compressed_size > kMaxMetaBytes)
+    return Status::corrupt("blob.digest sizes out of range");
+  std::vector<uint8_t> raw(entry.compressed_size);
+  NYDUS_TRY(reader.read_exact(entry.compressed_offset, raw));
+  std::vector<uint8_t> digests;
+  switch (entry.flags & 0xF) {
+    case 0:  // old builders leave the flags empty for plain payloads
+    case 0x1:
+      if (raw.size() != entry.uncompressed_size)
+        return Status::corrupt("plain blob.digest has different compressed and uncompressed sizes");
+      digests = std::move(raw);
+      break;
+    case 0x2:
+      digests.resize(entry.uncompressed_size);
+      NYDUS_TRY(decompress(Compressor::kZstd, raw, digests).with_context("blob.digest"));
+      break;
+    default:
+      return Status::unsupported("blob.digest compression flags " + std::to_string(entry.flags));
+  }
+  const Digest actual = digest(bootstrap::Digester::kSha256, digests);
+  if (actual != entry.sha256)
+    return Status::corrupt("blob.digest sha256 mismatch: expected " + to_hex(entry.sha256) +
+                           ", got " + to_hex(actual));
+  return digests;
+}
+
+// The chunk-info table from the `<blob_id>.blob.meta` cache file, if one
+// is there and valid. kNotFound when there is no such file.
+Result<std::vector<ChunkRef>> load_table_from_cache_file(const std::string& path,
+                                                         const BlobInfo& blob,
+                                                         std::span<const uint8_t> digests) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 && errno == ENOENT) return Status::not_found(path + " does not exist");
+  NYDUS_ASSIGN(FileBytes file, FileBytes::open(path));
+  NYDUS_ASSIGN(const bootstrap::BlobMetaHeader header, bootstrap::parse_blob_meta_file(file.bytes(), blob));
+  if (header.ci_uncompressed_size > file.size())
+    return Status::corrupt(path + ": header says " + std::to_string(header.ci_uncompressed_size) +
+                           " bytes of chunk info, the file has " + std::to_string(file.size()));
+  return bootstrap::parse_chunk_infos(file.bytes().first(header.ci_uncompressed_size), header, blob,
+                                      digests);
+}
+
+// The chunk-info table from the blob itself: the ci payload at
+// meta_ci_offset, followed by its 4096-byte header (rafs-format.md §5.2).
+Result<std::vector<ChunkRef>> load_table_from_blob(BlobReader& reader, const BlobInfo& blob,
+                                                   std::span<const uint8_t> digests) {
+  if (blob.meta_ci_uncompressed_size == 0)
+    return Status::unsupported("the bootstrap does not locate this chunk and the blob table records "
+                               "no blob.meta for the blob");
+  if (blob.meta_ci_compressed_size > kMaxMetaBytes || blob.meta_ci_uncompressed_size > kMaxMetaBytes)
+    return Status::corrupt("blob.meta sizes out of range (" +
+                           std::to_string(blob.meta_ci_compressed_size) + " compressed, " +
+                           std::to_string(blob.meta_ci_uncompressed_size) + " uncompressed)");
+  const uint64_t header_offset = blob.meta_ci_offset + blob.meta_ci_compressed_size;
+  if (header_offset < blob.meta_ci_offset) return Status::corrupt("blob.meta offset overflows");
+  std::vector<uint8_t> header_bytes(bootstrap::kBlobMetaHeaderSize);
+  NYDUS_TRY(reader.read_exact(header_offset, header_bytes).with_context("blob.meta header"));
+  NYDUS_ASSIGN(const bootstrap::BlobMetaHeader header,
+               bootstrap::parse_blob_meta_header(header_bytes, blob));
+  std::vector<uint8_t> raw(blob.meta_ci_compressed_size);
+  NYDUS_TRY(reader.read_exact(blob.meta_ci_offset, raw).with_context("blob.meta"));
+  if (blob.meta_ci_compressor == Compressor::kNone) {
+    // Stored plain (keep-if-smaller); decompress() still checks the sizes.
+    if (raw.size() != blob.meta_ci_uncompressed_size)
+      return Status::corrupt("plain blob.meta has " + std::to_string(raw.size()) + " bytes, expected " +
+                             std::to_string(blob.meta_ci_uncompressed_size));
+    return bootstrap::parse_chunk_infos(raw, header, blob, digests);
+  }
+  std::vector<uint8_t> payload(blob.meta_ci_uncompressed_size);
+  NYDUS_TRY(decompress(blob.meta_ci_compressor, raw, payload).with_context("blob.meta"));
+  return bootstrap::parse_chunk_infos(payload, header, blob, digests);
+}
+
+}  // namespace
+
+ChunkReader::ChunkReader(std::vector<BlobInfo> blobs, std::unique_ptr<BlobBackend> backend,
+                         ChunkReaderOptions options)
+    : blobs_(std::move(blobs)), backend_(std::move(backend)), options_(std::move(options)) {}
+
+void ChunkReader::note_missing(uint32_t blob_index, const Status& status) {
+  bool first;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    bool& logged = missing_logged_[blob_index];
+    first = !logged;
+    logged = true;
+  }
+  const std::string& id = blobs_[blob_index].id;
+  // One clear line per blob: an image with a missing layer keeps serving
+  // every other file, and a log line per read would bury everything else.
+  if (first)
+    LOG_ERROR("blob %s (blob index %u) is missing, reads of its chunks fail with ENOENT: %s",
+              id.c_str(), blob_index, status.message().c_str());
+  else
+    LOG_DEBUG("blob %s is still missing: %s", id.c_str(), status.message().c_str());
+}
+
+void ChunkReader::warn_once(uint32_t blob_index, const char* key, const std::string& message) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    bool& warned = warned_[std::to_string(blob_index) + "/" + key];
+    if (warned) {
+      LOG_DEBUG("%s", message.c_str());
+      return;
+    }
+    warned = true;
+  }
+  LOG_WARN("%s", message.c_str());
+}
+
+Result<std::shared_ptr<BlobReader>> ChunkReader::reader_for(uint32_t blob_index) {
+  bool was_missing = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = readers_.find(blob_index); it != readers_.end()) return it->second;
+    if (auto it = missing_logged_.find(blob_index); it != missing_logged_.end()) was_missing = it->second;
+  }
+  const BlobInfo& blob = blobs_[blob_index];
+  // Not under mu_: opening may be slow (a registry round trip) and must not
+  // stall reads of other blobs.
+  auto reader = backend_->reader(blob.id);
+  if (!reader.ok()) {
+    if (reader.status().code() == Code::kNotFound) note_missing(blob_index, reader.status());
+    else LOG_DEBUG("blob %s: %s", blob.id.c_str(), reader.status().message().c_str());
+    return reader.status();
+  }
+  std::shared_ptr<BlobReader> shared;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (was_missing) missing_logged_.erase(blob_index);
+    // Another thread may have opened it meanwhile; keep the first.
+    shared = readers_.emplace(blob_index, std::move(reader).value()).first->second;
+  }
+  // Said once, so the earlier ERROR line does not stand uncorrected.
+  if (was_missing) LOG_INFO("blob %s is available again", blob.id.c_str());
+  return shared;
+}
+
+Result<ChunkReader::ChunkTable> ChunkReader::load_chunk_table(uint32_t blob_index) {
+  const BlobInfo& blob = blobs_[blob_index];
+  if (blob.features & kFeatureEncrypted)
+    return Status::unsupported("encrypted blobs are not supported");
+  NYDUS_ASSIGN(auto reader, reader_for(blob_index));
+
+  ChunkTable table;
+  std::vector<uint8_t> digests;
+  if (options_.validate_digest && (blob.features & kFeatureInlinedChunkDigest)) {
+    auto loaded = load_chunk_digests(*reader, blob);
+    if (loaded.ok()) {
+      digests = std::move(loaded).value();
+      table.has_digests = true;
+    } else if (loaded.status().code() == Code::kUnsupported) {
+      // A layout we cannot read yet: validate what we can rather than
+      // refuse the blob (read_chunk warns that digests are not checked).
+      warn_once(blob_index, "digests",
+                "blob " + blob.id + ": cannot use its chunk digest array: " +
+                    loaded.status().message());
+    } else {
+      // The blob promises digests but they are corrupt or unreadable:
+      // with validation on, that is a failure, not a reason to skip it.
+      return loaded.status().with_context("chunk digest array");
+    }
+  }
+
+  if (!options_.work_dir.empty()) {
+    NYDUS_TRY(check_blob_id(blob.id));
+    const std::string path = options_.work_dir + "/" + blob.id + ".blob.meta";
+    auto cached = load_table_from_cache_file(path, blob, digests);
+    if (cached.ok()) {
+      table.chunks = std::move(cached).value();
+      return table;
+    }
+    if (cached.status().code() != Code::kNotFound)
+      warn_once(blob_index, "meta-file",
+                "ignoring " + path + ", reading the chunk-info table from the blob instead: " +
+                cached.status().message());
+  }
+  NYDUS_ASSIGN(table.chunks, load_table_from_blob(*reader, blob, digests));
+  return table;
+}
+
+Result<std::shared_ptr<const ChunkReader::ChunkTable>> ChunkReader::chunk_table(uint32_t blob_index) {
+  std::shared_ptr<std::mutex> load_mu;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = chunk_infos_.find(blob_index); it != chunk_infos_.end()) return it->second;
+    auto& slot = table_load_mu_[blob_index];
+    if (!slot) slot = std::make_shared<std::mutex>();
+    load_mu = slot;
+  }
+  std::lock_guard<std::mutex> load_lock(*load_mu);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = chunk_infos_.find(blob_index); it != chunk_infos_.end()) return it->second;
+  }
+  // Failures are not cached: a missing blob may appear, a transport error
+  // may pass. A missing blob is already logged once by reader_for().
+  auto loaded = load_chunk_table(blob_index);
+  if (!loaded.ok()) {
+    if (loaded.status().code() != Code::kNotFound)
+      warn_once(blob_index, "table",
+                "blob " + blobs_[blob_index].id + ": cannot load its chunk-info table: " +
+                    without_blob_prefix(loaded.status().message(), blobs_[blob_index]));
+    return loaded.status();
+  }
+  auto table = std::make_shared<const ChunkTable>(std::move(loaded).value());
+  std::lock_guard<std::mutex> lock(mu_);
+  chunk_infos_[blob_index] = table;
+  return std::shared_ptr<const ChunkTable>(table);
+}
+
+Result<ChunkRef> ChunkReader::locate(const ChunkRef& chunk, bool* digest_known) {
+  const BlobInfo& blob = blobs_[chunk.blob_index];
+  NYDUS_ASSIGN(auto table, chunk_table(chunk.blob_index));
+  if (chunk.chunk_index >= table->chunks.size())
+    return Status::corrupt("chunk index " + std::to_string(chunk.chunk_index) +
+                           " is outside the chunk-info table of blob " + blob.id + " (" +
+                           std::to_string(table->chunks.size()) + " entries)");
+  ChunkRef out = table->chunks[chunk.chunk_index];
+  if (out.uncompressed_offset != chunk.uncompressed_offset)
+    return Status::corrupt("blob.meta places chunk " + std::to_string(chunk.chunk_index) +
+                           " at uncompressed offset " + std::to_string(out.uncompressed_offset) +
+                           ", the bootstrap at " + std::to_string(chunk.uncompressed_offset));
+  if (out.uncompressed_size != chunk.uncompressed_size)
+    return Status::corrupt("blob.meta gives chunk " + std::to_string(chunk.chunk_index) + " " +
+                           std::to_string(out.uncompressed_size) + " bytes, the bootstrap " +
+                           std::to_string(chunk.uncompressed_size));
+  out.blob_index = chunk.blob_index;
+  out.chunk_index = chunk.chunk_index;
+  out.file_offset = chunk.file_offset;
+  out.located = true;
+  *digest_known = table->has_digests;
+  return out;
+}
+
+Status ChunkReader::read_chunk(const ChunkRef& in, std::span<uint8_t> dst) {
+  if (in.blob_index >= blobs_.size())
+    return Status::invalid("chunk " + std::to_string(in.chunk_index) + " refers to blob index " +
+                           std::to_string(in.blob_index) + ", the image has " +
+                           std::to_string(blobs_.size()) + " blobs");
+  const BlobInfo& blob = blobs_[in.blob_index];
+  const std::string where = chunk_name(blob, in.chunk_index);
+  if (dst.size() != in.uncompressed_size)
+    return Status::invalid(where + ": buffer of " + std::to_string(dst.size()) +
+                           " bytes for a chunk of " + std::to_string(in.uncompressed_size));
+
+  ChunkRef located;
+  bool digest_known = true;
+  const ChunkRef* chunk = &in;
+  if (!in.located) {
+    auto found = locate(in, &digest_known);
+    if (!found.ok()) return in_context(found.status(), where, blob);
+    located = std::move(found).value();
+    chunk = &located;
+  }
+  // The bootstrap reader validates these, but a size here sizes an
+  // allocation, so do not trust any one source of ChunkRefs blindly.
+  if (chunk->uncompressed_size > kMaxChunkSize || chunk->compressed_size > kMaxChunkSize)
+    return Status::corrupt(where + ": sizes out of range (" + std::to_string(chunk->compressed_size) +
+                           " compressed, " + std::to_string(chunk->uncompressed_size) + " uncompressed)");
+
+  auto reader = reader_for(in.blob_index);
+  if (!reader.ok()) return in_context(reader.status(), where, blob);
+
+  Status s;
+  if (!chunk->compressed) {
+    if (chunk->compressed_size != chunk->uncompressed_size)
+      return Status::corrupt(where + ": stored uncompressed, but compressed size " +
+                             std::to_string(chunk->compressed_size) + " != uncompressed size " +
+                             std::to_string(chunk->uncompressed_size));
+    s = (*reader)->read_exact(chunk->compressed_offset, dst);
+  } else {
+    Scratch scratch(chunk->compressed_size);
+    s = (*reader)->read_exact(chunk->compressed_offset, scratch.span());
+    if (s.ok()) s = decompress(blob.compressor, scratch.span(), dst);
+  }
+  if (!s.ok()) {
+    if (s.code() == Code::kNotFound) note_missing(in.blob_index, s);
+    return in_context(s, where, blob);
+  }
+
+  if (!options_.validate_digest) return Status::Ok();
+  if (digest_known) {
+    const Digest actual = digest(blob.digester, dst);
+    if (actual != chunk->digest)
+      return Status::corrupt(where + ": " + bootstrap::digester_name(blob.digester) +
+                             " digest mismatch: expected " + to_hex(chunk->digest) + ", got " +
+                             to_hex(actual));
+  } else {
+    warn_once(in.blob_index, "no-digest",
+              "blob " + blob.id + ": digest validation is on but the blob carries no chunk "
+              "digests; its chunks are checked by decompression and CRC-32C only");
+  }
+  if (chunk->has_crc32) {
+    const uint32_t actual = crc32c(dst);
+    if (actual != chunk->crc32) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "expected %08x, got %08x", chunk->crc32, actual);
+      return Status::corrupt(where + ": CRC-32C mismatch: " + buf);
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace nydus::backend
