@@ -9,6 +9,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export NYDUS_FIXTURES=${NYDUS_FIXTURES:-$(cd .. && pwd)/shared/fixtures/nydus}
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+# Debian's python3 (with python3-pytest), not whatever python3 comes first in PATH.
+PYTHON=${PYTHON:-/usr/bin/python3}
 
 test/install-deps.sh || exit 1
 
@@ -24,7 +26,7 @@ count_meson() {  # build dir
 count_pytest() {  # junit xml
   local xml=$1
   if [[ ! -f $xml ]]; then failed=$((failed + 1)); return; fi
-  read -r tests failures errors skipped < <(python3 - "$xml" <<'PY'
+  read -r tests failures errors skipped < <("$PYTHON" - "$xml" <<'PY'
 import sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
 suites = [root] if root.tag == "testsuite" else list(root)
@@ -51,7 +53,7 @@ run_suites() {  # build dir, label, extra meson setup args...
   meson test -C "$build" --suite unit --print-errorlogs --num-processes 2
   count_meson "$build"
   echo "=== [$label] mount tests"
-  NYDUSD="$PWD/$build/daemon/nydusd" python3 -m pytest -q -p no:cacheprovider test/mount \
+  NYDUSD="$PWD/$build/daemon/nydusd" "$PYTHON" -m pytest -q -p no:cacheprovider test/mount \
     --junitxml="$build/pytest.xml"
   count_pytest "$build/pytest.xml"
 }
