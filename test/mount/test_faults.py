@@ -167,3 +167,26 @@ def test_damaged_bootstraps_refused_or_served_safely(image, blob_dir, count, see
             os.rmdir(mnt)
     print(f"{image.name}: {refused} refused, {served} mounted and walked")
     assert refused > 0
+
+
+def test_gzip_chunks_are_refused_at_mount(tmpdir_path):
+    """eStargz/zran (gzip) chunks are not decodable yet: refuse clearly, never serve EIO later."""
+    data = bytearray(V5_BOOT.read_bytes())
+    flags = int.from_bytes(data[16:24], "little")
+    assert flags == 0x9  # COMPRESSION_NONE | HASH_SHA256
+    data[16:24] = ((flags & ~0x1) | 0x40).to_bytes(8, "little")  # COMPRESSION_GZIP
+    boot = tmpdir_path / "gzip.boot"
+    boot.write_bytes(bytes(data))
+    mnt = tempfile.mkdtemp(prefix="nydus-mnt-")
+    try:
+        daemon, failure = start_daemon(boot, mnt, blob_dir=fixture_path("repeatable/blobs"))
+        if daemon:
+            daemon.stop()
+        assert daemon is None, "a gzip image must not mount"
+        rc, log = failure
+        assert rc == 1
+        errors = error_lines(log)
+        assert len(errors) == 1 and "gzip" in errors[0], log
+    finally:
+        force_unmount(mnt)
+        os.rmdir(mnt)
