@@ -41,6 +41,18 @@ def mount_entry(mountpoint):
     return None
 
 
+# Log directories made by start_daemon(); removed when the test session ends
+# (tests read the logs after stopping daemons, so not earlier).
+_LOG_DIRS = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_log_dirs():
+    yield
+    for path in _LOG_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class Daemon:
     """A running nydusd with its FUSE mount."""
 
@@ -66,7 +78,10 @@ class Daemon:
 def start_daemon(bootstrap, mountpoint, blob_dir=None, config=None, extra_args=(), log_path=None,
                  wait=10.0):
     """Starts nydusd; returns (Daemon, None) once mounted, or (None, (rc, log)) if it exited."""
-    log_path = log_path or os.path.join(tempfile.mkdtemp(prefix="nydusd-log-"), "nydusd.log")
+    if log_path is None:
+        log_dir = tempfile.mkdtemp(prefix="nydusd-log-")
+        _LOG_DIRS.append(log_dir)
+        log_path = os.path.join(log_dir, "nydusd.log")
     args = [str(NYDUSD), "fuse", "--bootstrap", str(bootstrap), "--mountpoint", str(mountpoint),
             "--log-level", "info"]
     if config is not None:
