@@ -25,6 +25,7 @@
 
 #include "backend/compress.h"
 #include "builder/blob_writer_format.h"
+#include "builder/temp_files.h"
 #include "common/digest.h"
 #include "common/unique_fd.h"
 
@@ -191,10 +192,14 @@ class FileBlobWriter final : public BlobWriter {
   }
   ~FileBlobWriter() override {
     if (!done_) ::unlink(tmp_path_.c_str());
+    unregister_temp_file(tmp_path_);
   }
 
   Result<ChunkRef> add_chunk(std::span<const uint8_t> data) override;
+  Result<ChunkRef> add_prepared_chunk(std::span<const uint8_t> data, PreparedChunk chunk) override;
   Result<bootstrap::BlobInfo> finish() override;
+  Result<bootstrap::BlobInfo> seal() override;
+  Status commit() override;
 
   uint64_t chunks_added() const override { return added_; }
   uint64_t chunks_stored() const override { return chunks_.size(); }
@@ -213,7 +218,6 @@ class FileBlobWriter final : public BlobWriter {
     return s;
   }
   Status finish_v6(bootstrap::BlobInfo* info);
-  Status commit(const std::string& id);
   std::string where() const { return "blob writer " + tmp_path_; }
 
   const std::string dir_;
@@ -229,7 +233,9 @@ class FileBlobWriter final : public BlobWriter {
   std::unordered_map<Digest, uint32_t, DigestHash> by_digest_;
   Sha256 id_hash_;
   Status failed_;                  // sticky: a failed write poisons the blob
-  bool done_ = false;
+  bool sealed_ = false;             // tail written, file synced, not yet renamed
+  bool done_ = false;               // renamed (or nothing to store)
+  std::string id_;
 };
 
 Status FileBlobWriter::flush() {
@@ -269,31 +275,29 @@ Status FileBlobWriter::write_zeros(uint64_t n) {
 }
 
 Result<ChunkRef> FileBlobWriter::add_chunk(std::span<const uint8_t> data) {
+  if (data.empty() || data.size() > options_.chunk_size) return add_prepared_chunk(data, {});
+  PreparedChunk p;
+  p.digest = digest(options_.digester, data);
+  return add_prepared_chunk(data, std::move(p));
+}
+
+Result<ChunkRef> FileBlobWriter::add_prepared_chunk(std::span<const uint8_t> data, PreparedChunk p) {
   if (!failed_.ok()) return failed_;
-  if (done_) return Status::invalid(where() + ": add_chunk after finish");
+  if (done_ || sealed_) return Status::invalid(where() + ": add_chunk after finish");
   if (data.empty() || data.size() > options_.chunk_size)
     return Status::invalid(where() + ": chunk of " + std::to_string(data.size()) +
                            " bytes (must be 1.." + std::to_string(options_.chunk_size) + ")");
   ++added_;
   bytes_in_ += data.size();
-  Digest d = digest(options_.digester, data);
+  const Digest& d = p.digest;
   if (auto it = by_digest_.find(d); it != by_digest_.end()) return chunks_[it->second];
 
   if (chunks_.size() >= kMaxChunks)
     return Status::unsupported(where() + ": more than " + std::to_string(kMaxChunks) + " chunks in one blob");
-  std::vector<uint8_t> packed;
-  bool compressed = false;
-  if (options_.compressor != Compressor::kNone) {
-    auto out = backend::compress(options_.compressor, data);
-    if (!out.ok()) return fail(out.status().with_context(where()));
-    // Keep-if-smaller (rafs-format.md §2): a chunk that does not shrink is
-    // stored raw and not flagged COMPRESSED.
-    if (out->size() < data.size()) {
-      packed = std::move(out).value();
-      compressed = true;
-    }
+  if (!p.packed_ready) {
+    if (Status s = pack_chunk(options_, data, &p); !s.ok()) return fail(s.with_context(where()));
   }
-  std::span<const uint8_t> payload = compressed ? std::span<const uint8_t>(packed) : data;
+  std::span<const uint8_t> payload = p.compressed ? std::span<const uint8_t>(p.packed) : data;
 
   ChunkRef r;
   r.blob_index = options_.blob_index;
@@ -302,10 +306,10 @@ Result<ChunkRef> FileBlobWriter::add_chunk(std::span<const uint8_t> data) {
   r.compressed_size = static_cast<uint32_t>(payload.size());
   r.uncompressed_offset = uncompressed_end_;
   r.uncompressed_size = static_cast<uint32_t>(data.size());
-  r.compressed = compressed;
+  r.compressed = p.compressed;
   r.digest = d;
   r.has_crc32 = true;
-  r.crc32 = crc32c(data);
+  r.crc32 = p.crc32;
   const uint64_t next_uncompressed = uncompressed_end_ + align_up(data.size(), kAlign);
   if (r.compressed_offset + payload.size() > kMaxCompressedEnd || next_uncompressed > kMaxUncompressedEnd)
     return Status::unsupported(where() + ": blob exceeds the blob.meta offset range (1 TiB stored, 16 TiB uncompressed)");
@@ -392,23 +396,9 @@ Status FileBlobWriter::finish_v6(bootstrap::BlobInfo* info) {
   return Status::Ok();
 }
 
-Status FileBlobWriter::commit(const std::string& id) {
-  NYDUS_TRY(flush());
-  if (::fsync(fd_.get()) != 0) return Status::io(where() + ": fsync: " + errno_text(errno));
-  fd_.reset();
-  const std::string final_path = dir_ + "/" + id;
-  if (::rename(tmp_path_.c_str(), final_path.c_str()) != 0)
-    return Status::io(where() + ": rename to " + final_path + ": " + errno_text(errno));
-  done_ = true;
-  // Make the rename itself durable.
-  UniqueFd dir_fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd.valid()) ::fsync(dir_fd.get());
-  return Status::Ok();
-}
-
-Result<bootstrap::BlobInfo> FileBlobWriter::finish() {
+Result<bootstrap::BlobInfo> FileBlobWriter::seal() {
   if (!failed_.ok()) return failed_;
-  if (done_) return Status::invalid(where() + ": finish called twice");
+  if (sealed_ || done_) return Status::invalid(where() + ": sealed twice");
   bootstrap::BlobInfo info;
   info.index = options_.blob_index;
   info.chunk_size = options_.chunk_size;
@@ -419,6 +409,7 @@ Result<bootstrap::BlobInfo> FileBlobWriter::finish() {
     ::unlink(tmp_path_.c_str());
     fd_.reset();
     done_ = true;
+    sealed_ = true;
     return info;
   }
   if (options_.fs_version == 6) {
@@ -430,11 +421,60 @@ Result<bootstrap::BlobInfo> FileBlobWriter::finish() {
   info.chunk_count = static_cast<uint32_t>(chunks_.size());
   info.compressed_size = pos_;
   info.uncompressed_size = uncompressed_end_;
-  if (Status s = commit(info.id); !s.ok()) return fail(s);
+  if (Status s = flush(); !s.ok()) return fail(s);
+  if (::fsync(fd_.get()) != 0) return fail(Status::io(where() + ": fsync: " + errno_text(errno)));
+  fd_.reset();
+  sealed_ = true;
+  id_ = info.id;
+  return info;
+}
+
+Status FileBlobWriter::commit() {
+  if (!failed_.ok()) return failed_;
+  if (!sealed_) return Status::invalid(where() + ": commit before seal");
+  if (done_) return Status::Ok();  // nothing was stored, or committed already
+  const std::string final_path = options_.final_path.empty() ? dir_ + "/" + id_ : options_.final_path;
+  if (::rename(tmp_path_.c_str(), final_path.c_str()) != 0)
+    return fail(Status::io(where() + ": rename to " + final_path + ": " + errno_text(errno)));
+  done_ = true;
+  // Make the rename itself durable.
+  UniqueFd dir_fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir_fd.valid()) ::fsync(dir_fd.get());
+  return Status::Ok();
+}
+
+Result<bootstrap::BlobInfo> FileBlobWriter::finish() {
+  NYDUS_ASSIGN(bootstrap::BlobInfo info, seal());
+  NYDUS_TRY(commit());
   return info;
 }
 
 }  // namespace
+
+Status pack_chunk(const BlobWriterOptions& options, std::span<const uint8_t> data, PreparedChunk* p) {
+  p->crc32 = crc32c(data);
+  p->compressed = false;
+  p->packed.clear();
+  if (options.compressor != Compressor::kNone) {
+    auto out = backend::compress(options.compressor, data);
+    if (!out.ok()) return out.status();
+    // Keep-if-smaller (rafs-format.md §2): a chunk that does not shrink is
+    // stored raw and not flagged COMPRESSED.
+    if (out->size() < data.size()) {
+      p->packed = std::move(out).value();
+      p->compressed = true;
+    }
+  }
+  p->packed_ready = true;
+  return Status::Ok();
+}
+
+Result<PreparedChunk> prepare_chunk(const BlobWriterOptions& options, std::span<const uint8_t> data, bool pack) {
+  PreparedChunk p;
+  p.digest = digest(options.digester, data);
+  if (pack) NYDUS_TRY(pack_chunk(options, data, &p));
+  return p;
+}
 
 Result<std::unique_ptr<BlobWriter>> BlobWriter::create(const std::string& dir, BlobWriterOptions options) {
   const uint32_t cs = options.chunk_size;
@@ -459,10 +499,15 @@ Result<std::unique_ptr<BlobWriter>> BlobWriter::create(const std::string& dir, B
   for (int attempt = 0; attempt < 100; ++attempt) {
     std::string tmp = dir + "/.blob-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" +
                       std::to_string(rd()) + ".tmp";
+    // Registered before it exists: a signal between open() and the
+    // registration would otherwise leave the file behind.
+    register_temp_file(tmp);
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
-      if (errno == EEXIST) continue;
-      return Status::io("blob writer: cannot create " + tmp + ": " + errno_text(errno));
+      const int err = errno;
+      unregister_temp_file(tmp);
+      if (err == EEXIST) continue;
+      return Status::io("blob writer: cannot create " + tmp + ": " + errno_text(err));
     }
     auto w = std::make_unique<FileBlobWriter>(dir, tmp, UniqueFd(fd), options);
     if (!w->hash_ok()) return Status::io("blob writer: cannot initialize sha256");

@@ -53,7 +53,7 @@ run_suites() {  # build dir, label, extra meson setup args...
   meson test -C "$build" --suite unit --print-errorlogs --num-processes 2
   count_meson "$build"
   echo "=== [$label] mount tests"
-  NYDUSD="$PWD/$build/daemon/nydusd" "$PYTHON" -m pytest -q -p no:cacheprovider test/mount \
+  NYDUSD="$PWD/$build/daemon/nydusd" NYDUS_IMAGE="$PWD/$build/builder/nydus-image" "$PYTHON" -m pytest -q -p no:cacheprovider test/mount \
     --junitxml="$build/pytest.xml"
   count_pytest "$build/pytest.xml"
 }
