@@ -2,28 +2,9 @@
 
 #include <string>
 
+#include "common/text.h"
+
 namespace nydus::backend {
-namespace {
-
-// The id may hold bytes that would garble a log line or a terminal.
-std::string printable(std::string_view id) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : id.substr(0, 128)) {
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
-      out += static_cast<char>(c);
-    } else {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xF];
-    }
-  }
-  if (id.size() > 128) out += "...";
-  return out;
-}
-
-}  // namespace
-
 Status check_blob_id(std::string_view id) {
   const char* why = nullptr;
   if (id.empty()) why = "is empty";
@@ -33,7 +14,7 @@ Status check_blob_id(std::string_view id) {
   else if (id.find("..") != std::string_view::npos) why = "contains \"..\"";
   else if (id == ".") why = "is \".\"";
   if (why == nullptr) return Status::Ok();
-  return Status::invalid("blob id \"" + printable(id) + "\" " + why + "; refusing to use it as a file name");
+  return Status::invalid("blob id \"" + escape_bytes(id, 128) + "\" " + why + "; refusing to use it as a file name");
 }
 
 }  // namespace nydus::backend

@@ -9,6 +9,8 @@
 
 #include "bootstrap/le.h"
 #include "bootstrap/rafs_v6_format.h"
+#include "common/bits.h"
+#include "common/text.h"
 
 namespace nydus::bootstrap {
 namespace {
@@ -31,19 +33,11 @@ constexpr uint32_t kCiEncrypted = 0x08;
 constexpr uint32_t kCiHasCrc32 = 0x10;
 constexpr uint32_t kCiKnownFlags = 0x1f;
 
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
-
 std::string meta_where(const BlobInfo& blob, const char* what) {
   std::string s = "blob";
   if (!blob.id.empty()) s += " " + blob.id;
   return s + ": " + what + ": ";
 }
-
-uint64_t round_up_4k(uint64_t v) { return (v + 4095) & ~uint64_t{4095}; }
 
 // Octal tar number: optional leading spaces, digits, then NUL/space/end.
 bool parse_octal(std::span<const uint8_t> field, uint64_t* out) {

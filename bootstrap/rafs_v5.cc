@@ -23,6 +23,8 @@
 #include "bootstrap/rafs_v5_internal.h"
 #include "common/digest.h"
 #include "common/log.h"
+#include "common/bits.h"
+#include "common/text.h"
 
 namespace nydus::bootstrap {
 namespace {
@@ -75,32 +77,8 @@ constexpr uint32_t kChunkBatch = 0x08;
 constexpr uint32_t kChunkHasCrc32 = 0x10;
 constexpr uint32_t kKnownChunkFlags = 0x1f;
 
-uint64_t align8(uint64_t v) { return (v + 7) & ~uint64_t{7}; }
 
 std::string dec(uint64_t v) { return std::to_string(v); }
-
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
-
-// A name or value for messages: printable ASCII kept, the rest escaped, long
-// strings cut, so an error stays one readable line.
-std::string printable(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s.substr(0, 64)) {
-    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
-      out += static_cast<char>(c);
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    }
-  }
-  if (s.size() > 64) out += "...";
-  return "\"" + out + "\"";
-}
 
 bool is_known_type(uint32_t mode) {
   switch (mode & S_IFMT) {
@@ -443,7 +421,7 @@ Status RafsV5Image::parse_tables() {
     while (id_end < blob_end && bytes_[id_end] != 0) ++id_end;
     std::string id(reinterpret_cast<const char*>(bytes_.data() + id_start), id_end - id_start);
     if (!valid_blob_id(id))
-      return bad("blob table", "entry " + dec(blobs_.size()) + ": invalid blob id " + printable(id));
+      return bad("blob table", "entry " + dec(blobs_.size()) + ": invalid blob id " + quoted(id));
     BlobInfo blob;
     blob.index = static_cast<uint32_t>(blobs_.size());
     blob.id = std::move(id);
@@ -540,7 +518,7 @@ Status RafsV5Image::load_entry(uint32_t index, uint32_t parent_index, Entry* out
     name = stored.substr(0, stored.find('\0'));
     if (name.empty() || name.size() > kMaxNameLen || align8(name.size()) != r.name_size ||
         stored.find_first_not_of('\0', name.size()) != std::string_view::npos)
-      return bad(where, "name " + printable(stored) + " is not NUL padded to its stored size");
+      return bad(where, "name " + quoted(stored) + " is not NUL padded to its stored size");
   } else {
     if (r.name_size == 0 || r.name_size > kMaxNameLen)
       return bad(where, "name size " + dec(r.name_size) + " outside 1..255");
@@ -548,10 +526,10 @@ Status RafsV5Image::load_entry(uint32_t index, uint32_t parent_index, Entry* out
     name = std::string_view(reinterpret_cast<const char*>(bytes_.data() + p), r.name_size);
   }
   if (is_root) {
-    if (name != "/") return bad("root inode", "name " + printable(name) + " is not \"/\"");
+    if (name != "/") return bad("root inode", "name " + quoted(name) + " is not \"/\"");
   } else if (name.find_first_of(std::string_view("/\0", 2)) != std::string_view::npos || name == "." ||
              name == "..") {
-    return bad(where, "invalid name " + printable(name));
+    return bad(where, "invalid name " + quoted(name));
   }
   p += align8(name.size());
 
@@ -701,7 +679,7 @@ Status RafsV5Image::walk_tree() {
       NYDUS_TRY(load_entry(c, d, &entries_[c]));
       const std::string_view name = name_of(entries_[c]);
       if (c != dir.first && !(prev < name))
-        return bad(at(d), "children not strictly sorted: " + printable(name) + " after " + printable(prev));
+        return bad(at(d), "children not strictly sorted: " + quoted(name) + " after " + quoted(prev));
       prev = name;
       if ((entries_[c].mode & S_IFMT) == S_IFDIR) stack.push_back(c);
       ++reached;
@@ -778,7 +756,7 @@ std::string RafsV5Image::first_digest_mismatch() const {
         break;
     }
     if (got != want)
-      return at(i) + " (" + printable(name_of(e)) + "): inode digest " + to_hex(want) +
+      return at(i) + " (" + quoted(name_of(e)) + "): inode digest " + to_hex(want) +
              " does not match computed " + to_hex(got);
   }
   return {};
@@ -826,7 +804,7 @@ Result<Ino> RafsV5Image::lookup(Ino dir, std::string_view name) const {
     if (cmp < 0) lo = mid + 1;
     else hi = mid;
   }
-  return Status::not_found("bootstrap " + name_ + ": no " + printable(name) + " in directory inode " + dec(dir));
+  return Status::not_found("bootstrap " + name_ + ": no " + quoted(name) + " in directory inode " + dec(dir));
 }
 
 Status RafsV5Image::read_dir(Ino dir, uint64_t cookie, const DirVisitor& fn) const {

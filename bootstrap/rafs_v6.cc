@@ -21,6 +21,8 @@
 
 #include "bootstrap/le.h"
 #include "bootstrap/rafs_v6_format.h"
+#include "common/bits.h"
+#include "common/text.h"
 
 namespace nydus::bootstrap {
 namespace {
@@ -83,14 +85,6 @@ constexpr uint64_t kMaxSymlinkSize = 4096;
 constexpr uint64_t kXattrHeaderSize = 12;
 constexpr size_t kXattrNameMax = 255;
 
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
-
-uint64_t div_round_up(uint64_t v, uint64_t unit) { return v / unit + (v % unit != 0); }
-uint64_t align_up(uint64_t v, uint64_t unit) { return div_round_up(v, unit) * unit; }
 bool is_pow2(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 uint32_t log2_exact(uint64_t v) { return static_cast<uint32_t>(__builtin_ctzll(v)); }
 // ceil(log2(v)) for v >= 1.

@@ -31,6 +31,8 @@
 #include "builder/tree.h"
 #include "common/digest.h"
 #include "common/log.h"
+#include "common/bits.h"
+#include "common/text.h"
 
 namespace nydus::bootstrap {
 namespace {
@@ -86,32 +88,7 @@ constexpr std::string_view kXattrPrefixes[] = {
     "user.", "security.", "trusted.", "system.posix_acl_access", "system.posix_acl_default",
 };
 
-uint64_t align8(uint64_t v) { return (v + 7) & ~uint64_t{7}; }
-uint64_t round_up_4k(uint64_t v) { return (v + 4095) & ~uint64_t{4095}; }
-uint64_t div_round_up(uint64_t v, uint64_t d) { return v / d + (v % d != 0 ? 1 : 0); }
 std::string dec(uint64_t v) { return std::to_string(v); }
-
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
-
-// Names are raw bytes; escape them so an error stays one readable line.
-std::string printable(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s.substr(0, 64)) {
-    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
-      out += static_cast<char>(c);
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    }
-  }
-  if (s.size() > 64) out += "...";
-  return "\"" + out + "\"";
-}
 
 std::span<const uint8_t> as_bytes(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
@@ -257,7 +234,7 @@ Status V5Writer::check_blobs() const {
   if (blobs_.size() > std::numeric_limits<uint32_t>::max()) return bad("too many blobs");
   for (size_t i = 0; i < blobs_.size(); ++i) {
     const BlobInfo& b = blobs_[i];
-    const std::string where = "blob " + dec(i) + " (" + printable(b.id) + "): ";
+    const std::string where = "blob " + dec(i) + " (" + quoted(b.id) + "): ";
     if (!valid_blob_id(b.id)) return bad(where + "invalid blob id");
     if (b.features & ~kKnownBlobFeatures)
       return bad(where + "features " + hex(b.features) + " have bits not valid on disk");
@@ -276,7 +253,7 @@ std::string V5Writer::path_of(uint32_t index) const {
     names.push_back(slots_[i].node->name);
   std::string path;
   for (auto it = names.rbegin(); it != names.rend(); ++it) path += "/" + std::string(*it);
-  return printable(path);
+  return quoted(path);
 }
 
 Status V5Writer::assign_indexes() {
@@ -302,10 +279,10 @@ Status V5Writer::assign_indexes() {
     uint32_t subdirs = 0;
     for (size_t k = 0; k < children.size(); ++k) {
       Node* c = children[k];
-      if (!valid_name(c->name)) return bad(d, "child has an invalid name " + printable(c->name));
-      if (k > 0 && children[k - 1]->name == c->name) return bad(d, "two children named " + printable(c->name));
+      if (!valid_name(c->name)) return bad(d, "child has an invalid name " + quoted(c->name));
+      if (k > 0 && children[k - 1]->name == c->name) return bad(d, "two children named " + quoted(c->name));
       if (!c->is_dir() && !c->children.empty())
-        return bad(d, "non-directory child " + printable(c->name) + " has children");
+        return bad(d, "non-directory child " + quoted(c->name) + " has children");
       Slot s;
       s.node = c;
       s.parent = d;
@@ -429,13 +406,13 @@ Status V5Writer::check_xattrs(uint32_t index, const Node& a, uint64_t* total) co
   for (const Xattr& x : a.xattrs) {
     const std::string_view name = x.name;
     if (name.empty() || name.size() > kMaxXattrNameLen || name.find('\0') != std::string_view::npos)
-      return bad(index, "invalid xattr name " + printable(name));
+      return bad(index, "invalid xattr name " + quoted(name));
     if (std::none_of(std::begin(kXattrPrefixes), std::end(kXattrPrefixes),
                      [&](std::string_view p) { return name.substr(0, p.size()) == p; }))
-      return bad(index, "xattr " + printable(name) + " has a prefix nydus does not support");
+      return bad(index, "xattr " + quoted(name) + " has a prefix nydus does not support");
     if (x.value.size() > kMaxXattrValueLen)
-      return bad(index, "xattr " + printable(name) + " value of " + dec(x.value.size()) + " bytes exceeds 64 KiB");
-    if (!seen.insert(name).second) return bad(index, "xattr " + printable(name) + " appears twice");
+      return bad(index, "xattr " + quoted(name) + " value of " + dec(x.value.size()) + " bytes exceeds 64 KiB");
+    if (!seen.insert(name).second) return bad(index, "xattr " + quoted(name) + " appears twice");
     sum += 4 + name.size() + 1 + x.value.size();
   }
   *total = sum;
@@ -547,7 +524,7 @@ void V5Writer::resolve_prefetch() {
       }
     }
     if (!found) {
-      LOG_WARN("write_rafs_v5: prefetch path %s not found, skipped", printable(path).c_str());
+      LOG_WARN("write_rafs_v5: prefetch path %s not found, skipped", quoted(path).c_str());
       continue;
     }
     const uint32_t ino = slots_[cur].ino;

@@ -38,6 +38,8 @@
 #include "bootstrap/writer_v6_internal.h"
 #include "builder/tree.h"
 #include "common/log.h"
+#include "common/bits.h"
+#include "common/text.h"
 
 namespace nydus::bootstrap {
 namespace {
@@ -102,22 +104,6 @@ void put_bytes(std::vector<uint8_t>& b, uint64_t off, std::string_view s) {
   if (!s.empty()) std::memcpy(&b[off], s.data(), s.size());
 }
 static_assert(std::endian::native == std::endian::little, "the writer stores integers in host order");
-
-// Names are raw bytes: show control bytes escaped in messages.
-std::string printable(std::string_view s) {
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : s) {
-    if (c < 0x20 || c == 0x7f || c == '\\') {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
 
 uint8_t dirent_type(uint32_t mode) {
   switch (mode & S_IFMT) {
@@ -234,7 +220,7 @@ Status V6Writer::check_options() const {
     return Status::invalid("rafs v6 writer: " + std::to_string(blobs_.size()) + " blobs (at most 254)");
   for (size_t i = 0; i < blobs_.size(); ++i) {
     const BlobInfo& b = blobs_[i];
-    const std::string where = "rafs v6 writer: blob " + std::to_string(i) + " '" + printable(b.id) + "': ";
+    const std::string where = "rafs v6 writer: blob " + std::to_string(i) + " '" + escape_bytes(b.id) + "': ";
     bool hex = b.id.size() == 64 && std::all_of(b.id.begin(), b.id.end(), [](char c) {
                  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
                });
@@ -286,7 +272,7 @@ Status V6Writer::collect() {
     std::vector<uint32_t> subdirs;
     for (auto& child : dir.children) {
       Node& c = *child;
-      const std::string path = dir_path + "/" + printable(c.name);
+      const std::string path = dir_path + "/" + escape_bytes(c.name);
       if (c.name.empty() || c.name.size() > kMaxNameLen || c.name == "." || c.name == ".." ||
           c.name.find('/') != std::string::npos || c.name.find('\0') != std::string::npos)
         return Status::invalid("rafs v6 writer: " + path + ": invalid name (" + std::to_string(c.name.size()) +
@@ -319,7 +305,7 @@ Status V6Writer::collect() {
   for (auto [name, first] : links) {
     auto it = rec_of_.find(first);
     if (it == rec_of_.end())
-      return Status::invalid("rafs v6 writer: a hardlink '" + printable(name->name) +
+      return Status::invalid("rafs v6 writer: a hardlink '" + escape_bytes(name->name) +
                              "' points at a file that is not in the tree");
     rec_of_.emplace(name, it->second);
     names_.emplace_back(name, it->second);
@@ -338,7 +324,7 @@ Status V6Writer::encode_xattrs(Rec& r, const std::string& path) {
   std::vector<uint8_t> area(kXattrHeaderSize, 0);
   for (size_t i = 0; i < sorted.size(); ++i) {
     const Xattr& x = *sorted[i];
-    const std::string where = "rafs v6 writer: " + path + ": xattr '" + printable(x.name) + "': ";
+    const std::string where = "rafs v6 writer: " + path + ": xattr '" + escape_bytes(x.name) + "': ";
     if (i > 0 && sorted[i - 1]->name == x.name) return Status::invalid(where + "appears twice");
     const XattrPrefix* p = nullptr;
     for (const auto& cand : kXattrPrefixes) {
@@ -385,7 +371,7 @@ Status V6Writer::prepare_dir(Rec& r, const std::string& path) {
   for (size_t i = 1; i < r.dirents.size(); ++i) {
     if (r.dirents[i].name == r.dirents[i - 1].name)
       return Status::invalid("rafs v6 writer: " + path + ": two entries named '" +
-                             printable(r.dirents[i].name) + "'");
+                             escape_bytes(r.dirents[i].name) + "'");
   }
   // Split into blocks the way the kernel reads them back: a block ends when
   // the next dirent+name would not fit.
@@ -516,7 +502,7 @@ Status V6Writer::resolve_prefetch() {
       n = it == kids.end() ? nullptr : it->get();
     }
     if (!n) {
-      LOG_WARN("rafs v6 writer: prefetch path %s is not in the image, skipped", printable(p).c_str());
+      LOG_WARN("rafs v6 writer: prefetch path %s is not in the image, skipped", escape_bytes(p).c_str());
       continue;
     }
     uint32_t r = rec_of_.at(n);

@@ -7,6 +7,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "common/text.h"
+
 namespace nydus::builder {
 
 namespace {
@@ -34,7 +36,7 @@ class Loader {
 
  private:
   Status fail(const std::string& path, const Status& s) const {
-    return s.with_context("load " + name_ + ": '/" + printable_path(path) + "'");
+    return s.with_context("load " + name_ + ": '/" + escape_bytes(path) + "'");
   }
   // Fills `node` (attributes, xattrs, target, chunks) from inode `ino`.
   Status fill(Node& node, Ino ino, const std::string& path);

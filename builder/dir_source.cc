@@ -17,6 +17,7 @@
 
 #include "common/log.h"
 #include "common/unique_fd.h"
+#include "common/text.h"
 
 namespace nydus::builder {
 
@@ -25,7 +26,7 @@ namespace {
 std::string errno_text(int err) { return std::strerror(err); }
 
 Status io_error(const std::string& what, const std::string& path, int err) {
-  return Status::io("directory source: " + what + " '" + printable_path(path) + "': " + errno_text(err));
+  return Status::io("directory source: " + what + " '" + escape_bytes(path) + "': " + errno_text(err));
 }
 
 // Prefixes RAFS keeps (upstream RAFS_XATTR_PREFIXES, rafs/src/metadata/layout/mod.rs).
@@ -65,7 +66,7 @@ Status read_xattrs(const std::string& path, std::vector<bootstrap::Xattr>* out) 
     if (name.empty()) continue;
     if (!xattr_name_allowed(name)) {
       LOG_WARN("directory source: '%s': skipping xattr '%s' (RAFS keeps only user., security., "
-               "trusted. and system.posix_acl_*)", printable_path(path).c_str(), printable_path(name).c_str());
+               "trusted. and system.posix_acl_*)", escape_bytes(path).c_str(), escape_bytes(name).c_str());
       continue;
     }
     for (;;) {
@@ -128,7 +129,7 @@ ContentSource file_content(const std::string& path) {
         return io_error("read", path, errno);
       }
       if (r == 0) {
-        return Status::io("directory source: '" + printable_path(path) + "' ended at " +
+        return Status::io("directory source: '" + escape_bytes(path) + "' ended at " +
                           std::to_string(offset + done) + " (file shrank since the walk?)");
       }
       done += static_cast<size_t>(r);
@@ -171,7 +172,7 @@ class Walker {
             break;
           }
           if (target.size() > 2 * PATH_MAX) {
-            return Status::invalid("directory source: symlink '" + printable_path(path) + "' target too long");
+            return Status::invalid("directory source: symlink '" + escape_bytes(path) + "' target too long");
           }
           target.resize(target.size() * 2);  // grew since lstat
         }
@@ -233,7 +234,7 @@ class Walker {
       if (name == "." || name == "..") continue;
       if (name.size() > 255) {
         ::closedir(d);
-        return Status::invalid("directory source: name longer than 255 bytes in '" + printable_path(path) + "'");
+        return Status::invalid("directory source: name longer than 255 bytes in '" + escape_bytes(path) + "'");
       }
       names->emplace_back(name);
     }
@@ -260,7 +261,7 @@ Result<std::unique_ptr<Tree>> read_directory(const std::string& root, const DirS
   struct stat st;
   if (::lstat(root_path.c_str(), &st) != 0) return io_error("lstat", root_path, errno);
   if (!S_ISDIR(st.st_mode)) {
-    return Status(Code::kNotDir, "directory source: '" + printable_path(root) + "' is not a directory");
+    return Status(Code::kNotDir, "directory source: '" + escape_bytes(root) + "' is not a directory");
   }
   auto tree = std::make_unique<Tree>();
   Walker walker;

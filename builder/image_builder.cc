@@ -25,6 +25,7 @@
 #include "common/digest.h"
 #include "common/log.h"
 #include "common/unique_fd.h"
+#include "common/text.h"
 
 namespace nydus::builder {
 
@@ -240,7 +241,7 @@ void Chunker::fill(Slot& s) {
   s.data.resize(s.len);
   Status st = f.node->content.read(s.offset, s.data);
   if (!st.ok()) {
-    s.status = st.with_context("file '" + printable_path(path_of(*f.node)) + "'");
+    s.status = st.with_context("file '" + escape_bytes(path_of(*f.node)) + "'");
     return;
   }
   s.prep.digest = digest(options_.digester, s.data);
@@ -250,7 +251,7 @@ void Chunker::fill(Slot& s) {
     if (!claimed_.insert(s.prep.digest).second) return;
   }
   st = pack_chunk(blob_options_, s.data, &s.prep);
-  if (!st.ok()) s.status = st.with_context("file '" + printable_path(path_of(*f.node)) + "'");
+  if (!st.ok()) s.status = st.with_context("file '" + escape_bytes(path_of(*f.node)) + "'");
 }
 
 void Chunker::worker() {
@@ -292,7 +293,7 @@ Status Chunker::consume(Slot& s) {
     std::span<const uint8_t> data = s.hole ? std::span<const uint8_t>(zeros_.data(), s.len)
                                            : std::span<const uint8_t>(s.data);
     auto r = blob_->add_prepared_chunk(data, std::move(s.prep));
-    if (!r.ok()) return r.status().with_context("file '" + printable_path(path_of(*f.node)) + "'");
+    if (!r.ok()) return r.status().with_context("file '" + escape_bytes(path_of(*f.node)) + "'");
     ref = *r;
     if (blob_->chunks_stored() > stored_before) {
       ++stats_->chunks_stored;
@@ -469,7 +470,7 @@ Result<BuildResult> build_image(Tree& tree, const std::vector<BlobInfo>& base_bl
   tree.walk([&](Node& n) {
     if (!n.is_reg() || n.hardlink_of != nullptr || !n.chunks.empty() || n.size == 0) return;
     if (!n.content.read) {
-      if (bad.ok()) bad = Status::invalid("file '" + printable_path(path_of(n)) + "' has no content to read");
+      if (bad.ok()) bad = Status::invalid("file '" + escape_bytes(path_of(n)) + "' has no content to read");
       return;
     }
     FileJob f{&n, n.size};

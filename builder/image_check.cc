@@ -24,6 +24,7 @@
 #include "builder/tree.h"
 #include "common/digest.h"
 #include "common/unique_fd.h"
+#include "common/text.h"
 
 namespace nydus::builder {
 
@@ -37,12 +38,6 @@ using bootstrap::Ino;
 constexpr uint32_t kFeatureHasToc = 0x2000'0000;
 constexpr uint64_t kMaxTocBytes = 1 << 20;
 constexpr uint64_t kMaxSectionBytes = 512ull << 20;
-
-std::string hex64(uint64_t v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-  return buf;
-}
 
 bool is_zero(const Digest& d) {
   return std::all_of(d.begin(), d.end(), [](uint8_t b) { return b == 0; });
@@ -122,14 +117,14 @@ class StatsCollector {
     }
     ++s.inodes;
     auto xattrs = image_.xattrs(e.ino);
-    if (!xattrs.ok()) return xattrs.status().with_context("'" + printable_path(e.path) + "'");
+    if (!xattrs.ok()) return xattrs.status().with_context("'" + escape_bytes(e.path) + "'");
     s.xattrs += xattrs->size();
     switch (type) {
       case S_IFDIR: ++s.dirs; break;
       case S_IFLNK: {
         ++s.symlinks;
         auto target = image_.read_link(e.ino);
-        if (!target.ok()) return target.status().with_context("'" + printable_path(e.path) + "'");
+        if (!target.ok()) return target.status().with_context("'" + escape_bytes(e.path) + "'");
         break;
       }
       case S_IFCHR: ++s.char_devices; break;
@@ -140,7 +135,7 @@ class StatsCollector {
         ++s.files;
         s.file_bytes += e.attr.size;
         auto chunks = image_.chunks(e.ino, 0, e.attr.size);
-        if (!chunks.ok()) return chunks.status().with_context("'" + printable_path(e.path) + "'");
+        if (!chunks.ok()) return chunks.status().with_context("'" + escape_bytes(e.path) + "'");
         s.chunk_refs += chunks->size();
         for (const ChunkRef& c : *chunks) {
           if (seen_.insert({c.blob_index, c.chunk_index, c.uncompressed_offset}).second) ++s.unique_chunks;
@@ -177,7 +172,7 @@ class BlobFile {
   uint64_t size() const { return size_; }
   Status read(uint64_t offset, std::span<uint8_t> dst) const {
     if (offset > size_ || dst.size() > size_ - offset)
-      return Status::corrupt("range " + hex64(offset) + "+" + std::to_string(dst.size()) + " is past the end (" +
+      return Status::corrupt("range " + hex(offset) + "+" + std::to_string(dst.size()) + " is past the end (" +
                              std::to_string(size_) + " bytes)");
     size_t done = 0;
     while (done < dst.size()) {
@@ -208,7 +203,7 @@ Result<std::vector<uint8_t>> toc_payload(const BlobFile& f, const bootstrap::Toc
     case 0x1: algo = bootstrap::Compressor::kNone; break;
     case 0x2: algo = bootstrap::Compressor::kZstd; break;
     case 0x4: algo = bootstrap::Compressor::kLz4Block; break;
-    default: return Status::unsupported("ToC entry " + e.name + ": flags " + hex64(e.flags));
+    default: return Status::unsupported("ToC entry " + e.name + ": flags " + hex(e.flags));
   }
   if (algo == bootstrap::Compressor::kNone) {
     if (raw.size() != e.uncompressed_size)
@@ -318,14 +313,14 @@ class BlobTailChecker {
       if (index >= infos.size()) return Status::corrupt(where + "missing (" + std::to_string(infos.size()) + " entries)");
       const ChunkRef& m = infos[index];
       if (m.uncompressed_offset != c.uncompressed_offset || m.uncompressed_size != c.uncompressed_size)
-        return Status::corrupt(where + "uncompressed " + hex64(m.uncompressed_offset) + "+" +
+        return Status::corrupt(where + "uncompressed " + hex(m.uncompressed_offset) + "+" +
                                std::to_string(m.uncompressed_size) + ", the bootstrap " +
-                               hex64(c.uncompressed_offset) + "+" + std::to_string(c.uncompressed_size));
+                               hex(c.uncompressed_offset) + "+" + std::to_string(c.uncompressed_size));
       if (!c.located) continue;
       if (m.compressed_offset != c.compressed_offset || m.compressed_size != c.compressed_size)
-        return Status::corrupt(where + "compressed " + hex64(m.compressed_offset) + "+" +
+        return Status::corrupt(where + "compressed " + hex(m.compressed_offset) + "+" +
                                std::to_string(m.compressed_size) + ", the bootstrap " +
-                               hex64(c.compressed_offset) + "+" + std::to_string(c.compressed_size));
+                               hex(c.compressed_offset) + "+" + std::to_string(c.compressed_size));
       if (!digests_.empty() && m.digest != c.digest)
         return Status::corrupt(where + "digest " + to_hex(m.digest) + ", the bootstrap " + to_hex(c.digest));
     }
@@ -396,8 +391,8 @@ std::string entry_line(const ImageEntry& e, const std::string& target, size_t ch
     line += std::to_string(dev_major(a.rdev)) + "," + std::to_string(dev_minor(a.rdev));
   else
     line += std::to_string(a.size);
-  line += " " + mtime_text(a.mtime, a.mtime_nsec) + " " + printable_path(e.path);
-  if (type == S_IFLNK) line += " -> " + printable_path(target);
+  line += " " + mtime_text(a.mtime, a.mtime_nsec) + " " + escape_bytes(e.path);
+  if (type == S_IFLNK) line += " -> " + escape_bytes(target);
   if (type == S_IFREG) line += " chunks=" + std::to_string(chunks);
   if (type == S_IFREG && !e.first_name) line += " (hardlink, inode " + std::to_string(e.ino) + ")";
   return line;
@@ -405,7 +400,7 @@ std::string entry_line(const ImageEntry& e, const std::string& target, size_t ch
 
 nlohmann::json super_json(const bootstrap::SuperInfo& s) {
   return {{"version", s.version},
-          {"flags", hex64(s.flags)},
+          {"flags", hex(s.flags)},
           {"chunk_size", s.chunk_size},
           {"inodes_count", s.inodes_count},
           {"compressor", bootstrap::compressor_name(s.compressor)},
@@ -421,7 +416,7 @@ nlohmann::json blob_json(const BlobInfo& b) {
           {"id", json_safe(b.id)},
           {"chunk_count", b.chunk_count},
           {"chunk_size", b.chunk_size},
-          {"features", hex64(b.features)},
+          {"features", hex(b.features)},
           {"compressor", bootstrap::compressor_name(b.compressor)},
           {"digester", bootstrap::digester_name(b.digester)},
           {"compressed_size", b.compressed_size},
@@ -542,20 +537,20 @@ Status walk_image(const bootstrap::Image& image, const std::function<Status(cons
     e.path = std::move(p.path);
     e.ino = p.ino;
     auto attr = image.inode(p.ino);
-    if (!attr.ok()) return attr.status().with_context("'" + printable_path(e.path) + "'");
+    if (!attr.ok()) return attr.status().with_context("'" + escape_bytes(e.path) + "'");
     e.attr = *attr;
     if ((e.attr.mode & S_IFMT) == S_IFREG) e.first_name = regular_seen.insert(p.ino).second;
     NYDUS_TRY(fn(e));
     if ((e.attr.mode & S_IFMT) != S_IFDIR) continue;
     if (!dirs_seen.insert(p.ino).second)
-      return Status::corrupt("'" + printable_path(e.path) + "': directory inode " + std::to_string(p.ino) +
+      return Status::corrupt("'" + escape_bytes(e.path) + "': directory inode " + std::to_string(p.ino) +
                              " appears twice");
     std::vector<bootstrap::DirEntry> entries;
     Status s = image.read_dir(p.ino, 0, [&entries](const bootstrap::DirEntry& d, uint64_t) {
       if (d.name != "." && d.name != "..") entries.push_back(d);
       return true;
     });
-    if (!s.ok()) return s.with_context("'" + printable_path(e.path) + "'");
+    if (!s.ok()) return s.with_context("'" + escape_bytes(e.path) + "'");
     const std::string prefix = e.path == "/" ? "/" : e.path + "/";
     for (auto it = entries.rbegin(); it != entries.rend(); ++it) stack.push_back({it->ino, prefix + it->name});
   }
@@ -620,8 +615,8 @@ Result<CheckReport> check_image(const CheckOptions& options) {
       buf.resize(c.uncompressed_size);
       Status s = reader->read_chunk(c, buf);
       if (!s.ok())
-        return Status(s.code(), "file '" + printable_path(e.path) + "', chunk at file offset " +
-                                    hex64(c.file_offset) + ": " + s.message());
+        return Status(s.code(), "file '" + escape_bytes(e.path) + "', chunk at file offset " +
+                                    hex(c.file_offset) + ": " + s.message());
       ++report.chunks_verified;
       report.bytes_verified += c.uncompressed_size;
     }
@@ -646,7 +641,7 @@ Result<std::string> inspect_text(const bootstrap::Image& image) {
                 "Superblock:\n  Version:          %u\n  Flags:            %s\n  Chunk size:       0x%x\n"
                 "  Inodes:           %" PRIu64 "\n  Compressor:       %s\n  Digester:         %s\n"
                 "  Explicit uid/gid: %s\n  Has xattrs:       %s\n",
-                s.version, hex64(s.flags).c_str(), s.chunk_size, s.inodes_count,
+                s.version, hex(s.flags).c_str(), s.chunk_size, s.inodes_count,
                 bootstrap::compressor_name(s.compressor), bootstrap::digester_name(s.digester),
                 s.explicit_uid_gid ? "yes" : "no", s.has_xattr ? "yes" : "no");
   out += line;
@@ -660,13 +655,13 @@ Result<std::string> inspect_text(const bootstrap::Image& image) {
     std::snprintf(line, sizeof line,
                   "  [%u] %s\n      chunks %u, compressed %" PRIu64 " B, uncompressed %" PRIu64
                   " B, %s/%s, features %s\n",
-                  b.index, printable_path(b.id).c_str(), b.chunk_count, b.compressed_size, b.uncompressed_size,
+                  b.index, escape_bytes(b.id).c_str(), b.chunk_count, b.compressed_size, b.uncompressed_size,
                   bootstrap::compressor_name(b.compressor), bootstrap::digester_name(b.digester),
-                  hex64(b.features).c_str());
+                  hex(b.features).c_str());
     out += line;
   }
   out += "Prefetch (" + std::to_string(ins.prefetch_paths.size()) + "):\n";
-  for (const auto& p : ins.prefetch_paths) out += "  " + printable_path(p) + "\n";
+  for (const auto& p : ins.prefetch_paths) out += "  " + escape_bytes(p) + "\n";
   out += "Tree:\n" + ins.tree_text;
   const ImageStats& st = ins.stats;
   std::snprintf(line, sizeof line,

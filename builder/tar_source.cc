@@ -16,6 +16,7 @@
 
 #include "common/log.h"
 #include "common/unique_fd.h"
+#include "common/text.h"
 
 namespace nydus::builder {
 
@@ -209,22 +210,22 @@ class TarReader {
       int r = archive_read_next_header(a.get(), &entry);
       if (r == ARCHIVE_EOF) break;
       if (r < ARCHIVE_WARN) {
-        std::string where = last_entry_.empty() ? "first entry" : "entry after '" + printable_path(last_entry_) + "'";
+        std::string where = last_entry_.empty() ? "first entry" : "entry after '" + escape_bytes(last_entry_) + "'";
         return Status(Code::kInvalidInput, "tar '" + path_ + "': " + where + ": " + error_text(a.get()));
       }
       const char* name = archive_entry_pathname(entry);
       if (name == nullptr) {
-        return Status::invalid("tar '" + path_ + "': entry after '" + printable_path(last_entry_) +
+        return Status::invalid("tar '" + path_ + "': entry after '" + escape_bytes(last_entry_) +
                                "' has no usable path");
       }
       last_entry_ = name;
       if (r == ARCHIVE_WARN) {
         // e.g. a pax UTF-8 name in the C locale: the raw bytes are kept.
-        LOG_DEBUG("tar '%s': entry '%s': %s", path_.c_str(), printable_path(last_entry_).c_str(),
+        LOG_DEBUG("tar '%s': entry '%s': %s", path_.c_str(), escape_bytes(last_entry_).c_str(),
                   error_text(a.get()).c_str());
       }
       Status s = add_entry(a.get(), entry);
-      if (!s.ok()) return s.with_context("tar '" + path_ + "': entry '" + printable_path(last_entry_) + "'");
+      if (!s.ok()) return s.with_context("tar '" + path_ + "': entry '" + escape_bytes(last_entry_) + "'");
     }
     NYDUS_TRY(staging_->flush());
     tree_->finalize();
@@ -304,9 +305,9 @@ class TarReader {
     const std::string target_path = normalize(link);
     Node* target = tree_->find(target_path);
     if (target == nullptr || target_path.empty()) {
-      return Status::invalid("hardlink target '" + printable_path(link) + "' is not an earlier entry");
+      return Status::invalid("hardlink target '" + escape_bytes(link) + "' is not an earlier entry");
     }
-    if (target->is_dir()) return Status::invalid("hardlink target '" + printable_path(link) + "' is a directory");
+    if (target->is_dir()) return Status::invalid("hardlink target '" + escape_bytes(link) + "' is a directory");
     if (target->is_reg()) {
       node->mode = perm | S_IFREG;
       if (target->hardlink_group == 0) target->hardlink_group = next_group_++;
@@ -345,8 +346,8 @@ class TarReader {
       if (!xattr_name_allowed(name)) {
         if (!skipped.insert(name).second) continue;
         LOG_WARN("tar '%s': entry '%s': skipping xattr '%s' (RAFS keeps only user., security., "
-                 "trusted. and system.posix_acl_*)", path_.c_str(), printable_path(last_entry_).c_str(),
-                 printable_path(name).c_str());
+                 "trusted. and system.posix_acl_*)", path_.c_str(), escape_bytes(last_entry_).c_str(),
+                 escape_bytes(name).c_str());
         continue;
       }
       xattrs[name] = std::string(static_cast<const char*>(value), size);

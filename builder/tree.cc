@@ -5,6 +5,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "common/text.h"
+
 namespace nydus::builder {
 
 namespace {
@@ -22,14 +24,14 @@ Status split_path(const std::string& path, std::vector<std::string_view>* out) {
     rest = slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
     if (part.empty() || part == ".") continue;
     if (part == "..") {
-      return Status::invalid("tree: path '" + printable_path(path) + "' has a '..' component");
+      return Status::invalid("tree: path '" + escape_bytes(path) + "' has a '..' component");
     }
     if (part.size() > kMaxNameLen) {
-      return Status::invalid("tree: path '" + printable_path(path) + "' has a name of " +
+      return Status::invalid("tree: path '" + escape_bytes(path) + "' has a name of " +
                              std::to_string(part.size()) + " bytes (limit 255)");
     }
     if (part.find('\0') != std::string_view::npos) {
-      return Status::invalid("tree: path '" + printable_path(path) + "' has a NUL byte");
+      return Status::invalid("tree: path '" + escape_bytes(path) + "' has a NUL byte");
     }
     out->push_back(part);
   }
@@ -144,31 +146,15 @@ void preorder(NodeT* root, std::vector<NodeT*>* out) {
 
 }  // namespace
 
-std::string printable_path(std::string_view path) {
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(path.size());
-  for (unsigned char c : path) {
-    if (c < 0x20 || c == 0x7f || c == '\\') {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
-
 Tree::Tree() : root_(make_dir("")) {}
 
 Result<Node*> Tree::add(const std::string& path, std::unique_ptr<Node> node) {
-  if (!node) return Status::invalid("tree: add '" + printable_path(path) + "' without a node");
+  if (!node) return Status::invalid("tree: add '" + escape_bytes(path) + "' without a node");
   std::vector<std::string_view> parts;
   NYDUS_TRY(split_path(path, &parts));
   if (parts.empty()) {
     if (!node->is_dir()) {
-      return Status::invalid("tree: the root '" + printable_path(path) + "' must be a directory");
+      return Status::invalid("tree: the root '" + escape_bytes(path) + "' must be a directory");
     }
     node->name.clear();
     adopt(*root_, *node);
@@ -185,8 +171,8 @@ Result<Node*> Tree::add(const std::string& path, std::unique_ptr<Node> node) {
     } else if (!next->is_dir()) {
       std::string prefix;
       for (size_t k = 0; k <= i; ++k) prefix += (k ? "/" : "") + std::string(parts[k]);
-      return Status::invalid("tree: cannot add '" + printable_path(path) + "': '" +
-                             printable_path(prefix) + "' is not a directory");
+      return Status::invalid("tree: cannot add '" + escape_bytes(path) + "': '" +
+                             escape_bytes(prefix) + "' is not a directory");
     }
     dir = next;
   }

@@ -82,10 +82,6 @@ struct Node {
   bool is_symlink() const { return (mode & 0170000) == 0120000; }
 };
 
-// `path` with control bytes, backslash and DEL shown as \xNN, for
-// messages (names are raw bytes and may hold anything but NUL and '/').
-std::string printable_path(std::string_view path);
-
 class Tree {
  public:
   Tree();
