@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/bits.h"
 #include "common/text.h"
+#include "bootstrap/rafs_super_flags.h"
 
 namespace nydus::bootstrap {
 namespace {
@@ -51,15 +52,7 @@ constexpr size_t kMaxXattrValueLen = 64 * 1024;
 // Chunk offsets must leave room for offset + size without overflowing off_t.
 constexpr uint64_t kMaxOffset = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
 
-// RafsSuperFlags (§1.4).
-constexpr uint64_t kFlagCompressionNone = 0x1;
-constexpr uint64_t kFlagCompressionLz4 = 0x2;
-constexpr uint64_t kFlagHashBlake3 = 0x4;
-constexpr uint64_t kFlagHashSha256 = 0x8;
-constexpr uint64_t kFlagExplicitUidGid = 0x10;
-constexpr uint64_t kFlagHasXattr = 0x20;
-constexpr uint64_t kFlagCompressionGzip = 0x40;
-constexpr uint64_t kFlagCompressionZstd = 0x80;
+// RafsSuperFlags (§1.4) beyond bootstrap/rafs_super_flags.h.
 constexpr uint64_t kKnownSuperFlags = 0x3ff | 0xff00'0000;
 
 // BlobFeatures (§1.5): bits 0..11 and 28..30 are defined for on-disk use.

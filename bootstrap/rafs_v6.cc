@@ -23,6 +23,7 @@
 #include "bootstrap/rafs_v6_format.h"
 #include "common/bits.h"
 #include "common/text.h"
+#include "bootstrap/rafs_super_flags.h"
 
 namespace nydus::bootstrap {
 namespace {
@@ -49,23 +50,13 @@ constexpr uint64_t kBlobEntrySize = 256;
 constexpr uint64_t kChunkRecordSize = 80;
 constexpr uint32_t kMaxBlobs = 254;  // §1.10: index stored +1 in 8 bits
 
-// RafsSuperFlags (§1.4).
-constexpr uint64_t kFlagCompressNone = 0x1;
-constexpr uint64_t kFlagCompressLz4 = 0x2;
-constexpr uint64_t kFlagHashBlake3 = 0x4;
-constexpr uint64_t kFlagHashSha256 = 0x8;
-constexpr uint64_t kFlagExplicitUidGid = 0x10;
-constexpr uint64_t kFlagHasXattr = 0x20;
-constexpr uint64_t kFlagCompressGzip = 0x40;
-constexpr uint64_t kFlagCompressZstd = 0x80;
-constexpr uint64_t kFlagInlinedChunkDigest = 0x100;
-constexpr uint64_t kFlagTarfsMode = 0x200;
+// RafsSuperFlags (§1.4) beyond bootstrap/rafs_super_flags.h.
 constexpr uint64_t kFlagEncryptionNone = 0x01000000;
 constexpr uint64_t kFlagEncryptionAes128Xts = 0x02000000;
 constexpr uint64_t kFlagPreservedCompat = 0xFC000000;
 constexpr uint64_t kKnownSuperFlags =
-    kFlagCompressNone | kFlagCompressLz4 | kFlagHashBlake3 | kFlagHashSha256 | kFlagExplicitUidGid |
-    kFlagHasXattr | kFlagCompressGzip | kFlagCompressZstd | kFlagInlinedChunkDigest | kFlagTarfsMode |
+    kFlagCompressionNone | kFlagCompressionLz4 | kFlagHashBlake3 | kFlagHashSha256 | kFlagExplicitUidGid |
+    kFlagHasXattr | kFlagCompressionGzip | kFlagCompressionZstd | kFlagInlinedChunkDigest | kFlagTarfsMode |
     kFlagEncryptionNone | kFlagEncryptionAes128Xts | kFlagPreservedCompat;
 
 // Inodes (§4.6).
@@ -385,7 +376,7 @@ Status RafsV6Image::load_super() {
   if (flags & kFlagTarfsMode) return unsupported("extended superblock: TARFS_MODE images are not supported");
   if (flags & kFlagEncryptionAes128Xts)
     return unsupported("extended superblock: encrypted images (ENCRYPTION_ASE_128_XTS) are not supported");
-  uint64_t comp_bits = flags & (kFlagCompressNone | kFlagCompressLz4 | kFlagCompressGzip | kFlagCompressZstd);
+  uint64_t comp_bits = flags & (kFlagCompressionNone | kFlagCompressionLz4 | kFlagCompressionGzip | kFlagCompressionZstd);
   if (std::popcount(comp_bits) != 1)
     return bad("extended superblock: flags " + hex(flags) + " must name exactly one compressor");
   uint64_t hash_bits = flags & (kFlagHashBlake3 | kFlagHashSha256);
@@ -400,9 +391,9 @@ Status RafsV6Image::load_super() {
   super_.version = 6;
   super_.flags = flags;
   super_.chunk_size = chunk_size;
-  super_.compressor = comp_bits == kFlagCompressNone   ? Compressor::kNone
-                      : comp_bits == kFlagCompressLz4  ? Compressor::kLz4Block
-                      : comp_bits == kFlagCompressGzip ? Compressor::kGzip
+  super_.compressor = comp_bits == kFlagCompressionNone   ? Compressor::kNone
+                      : comp_bits == kFlagCompressionLz4  ? Compressor::kLz4Block
+                      : comp_bits == kFlagCompressionGzip ? Compressor::kGzip
                                                        : Compressor::kZstd;
   super_.digester = hash_bits == kFlagHashBlake3 ? Digester::kBlake3 : Digester::kSha256;
   super_.explicit_uid_gid = flags & kFlagExplicitUidGid;

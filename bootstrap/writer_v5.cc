@@ -33,6 +33,7 @@
 #include "common/log.h"
 #include "common/bits.h"
 #include "common/text.h"
+#include "bootstrap/rafs_super_flags.h"
 
 namespace nydus::bootstrap {
 namespace {
@@ -58,16 +59,6 @@ constexpr uint64_t kMaxOffset = static_cast<uint64_t>(std::numeric_limits<int64_
 // nydus-image's RAFS_V5_VIRTUAL_ENTRY_SIZE: per-child bytes of the pseudo
 // directory size (§3.10), so i_size does not depend on the source fs.
 constexpr uint64_t kVirtualDirEntrySize = 8;
-
-// RafsSuperFlags (§1.4).
-constexpr uint64_t kFlagCompressionNone = 0x1;
-constexpr uint64_t kFlagCompressionLz4 = 0x2;
-constexpr uint64_t kFlagHashBlake3 = 0x4;
-constexpr uint64_t kFlagHashSha256 = 0x8;
-constexpr uint64_t kFlagExplicitUidGid = 0x10;
-constexpr uint64_t kFlagHasXattr = 0x20;
-constexpr uint64_t kFlagCompressionGzip = 0x40;
-constexpr uint64_t kFlagCompressionZstd = 0x80;
 
 // BlobFeatures (§1.5) valid on disk; 0x8000_0000 is nydus-internal.
 constexpr uint32_t kKnownBlobFeatures = 0x0000'0fff | 0x7000'0000;

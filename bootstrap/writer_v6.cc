@@ -40,6 +40,7 @@
 #include "common/log.h"
 #include "common/bits.h"
 #include "common/text.h"
+#include "bootstrap/rafs_super_flags.h"
 
 namespace nydus::bootstrap {
 namespace {
@@ -60,17 +61,6 @@ constexpr uint32_t kMaxBlobs = 254;
 constexpr uint32_t kFeatureCompatRafsV6 = 0x4000'0000;
 constexpr uint32_t kFeatureIncompatChunkedFile = 0x4;
 constexpr uint32_t kFeatureIncompatDeviceTable = 0x8;
-
-// RafsSuperFlags (§1.4).
-constexpr uint64_t kFlagCompressNone = 0x1;
-constexpr uint64_t kFlagCompressLz4 = 0x2;
-constexpr uint64_t kFlagHashBlake3 = 0x4;
-constexpr uint64_t kFlagHashSha256 = 0x8;
-constexpr uint64_t kFlagExplicitUidGid = 0x10;
-constexpr uint64_t kFlagHasXattr = 0x20;
-constexpr uint64_t kFlagCompressGzip = 0x40;
-constexpr uint64_t kFlagCompressZstd = 0x80;
-constexpr uint64_t kFlagInlinedChunkDigest = 0x100;
 
 constexpr uint32_t kBlobAligned = 0x1;
 constexpr uint32_t kBlobChunkInfoV2 = 0x4;
@@ -697,10 +687,10 @@ std::vector<uint8_t> V6Writer::emit() {
   // Extended superblock.
   uint64_t flags = 0;
   switch (options_.compressor) {
-    case Compressor::kNone: flags |= kFlagCompressNone; break;
-    case Compressor::kLz4Block: flags |= kFlagCompressLz4; break;
-    case Compressor::kGzip: flags |= kFlagCompressGzip; break;
-    case Compressor::kZstd: flags |= kFlagCompressZstd; break;
+    case Compressor::kNone: flags |= kFlagCompressionNone; break;
+    case Compressor::kLz4Block: flags |= kFlagCompressionLz4; break;
+    case Compressor::kGzip: flags |= kFlagCompressionGzip; break;
+    case Compressor::kZstd: flags |= kFlagCompressionZstd; break;
   }
   flags |= options_.digester == Digester::kBlake3 ? kFlagHashBlake3 : kFlagHashSha256;
   if (options_.explicit_uid_gid) flags |= kFlagExplicitUidGid;
