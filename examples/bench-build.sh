@@ -162,5 +162,6 @@ echo
 echo "seconds: median wall time incl. fsync of the outputs; MiB/s: tree file bytes / seconds;"
 echo "vs_sqfs (speed): mksquashfs-zstd seconds / this seconds (>1 = faster than mksquashfs);"
 echo "size: every output byte (nydus: bootstrap + blob); vs_sqfs (size): this size / mksquashfs-zstd size;"
-echo "rss: max RSS of the tool; load: highest 1-min load average at the start of a run."
+echo "rss: max RSS of the tool; load: highest 1-min load average at the start of a run (it includes"
+echo "the previous run's own load: mksquashfs alone keeps both cores busy)."
 echo "every run: $BENCH_DIR/bench-build.runs"
