@@ -1,7 +1,11 @@
 // Helpers shared by the Catch2 unit tests.
 #pragma once
 
+#include <stdlib.h>
+
 #include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
 #include <string>
 
 namespace nydus::test {
@@ -14,5 +18,27 @@ inline std::string fixtures_dir() {
 }
 
 inline std::string fixture(const std::string& relative) { return fixtures_dir() + "/" + relative; }
+
+// A fresh directory under the system temp dir, removed with its contents
+// when the object goes away. Throws (a test failure) if it cannot be made.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "nydus-test") {
+    std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
+    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + tmpl);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
+
+ private:
+  std::string path_;
+};
 
 }  // namespace nydus::test

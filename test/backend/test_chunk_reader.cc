@@ -35,6 +35,7 @@ std::map<uint32_t, bootstrap::ChunkRef> v5_chunks_by_index(const std::string& bo
 namespace {
 
 namespace fs = std::filesystem;
+using nydus::test::TempDir;
 using nydus::Code;
 using nydus::Status;
 using nydus::backend::ChunkReader;
@@ -82,22 +83,6 @@ size_t open_fd_count() {
   return n;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "nydus-be-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Sends everything written to stderr (the default log sink) to a file
 // while alive, so a test can count log lines.
@@ -259,7 +244,7 @@ TEST_CASE("check_blob_id refuses anything that is not a plain file name", "[loca
 TEST_CASE("localfs backend reads blobs from dir, alt_dirs and blob_file", "[localfs]") {
   const size_t fds_before = open_fd_count();
   {
-    TempDir empty;
+    TempDir empty{"nydus-be"};
     const std::string dir = nydus::test::fixture("blobs");
     const auto expected = read_file(dir + "/" + kV6Blob);
 
@@ -357,7 +342,7 @@ TEST_CASE("ChunkReader loops over short reads", "[chunk_reader]") {
 }
 
 TEST_CASE("ChunkReader refuses a corrupted blob when validating", "[chunk_reader]") {
-  TempDir tmp;
+  TempDir tmp{"nydus-be"};
   auto blob = read_file(nydus::test::fixture(std::string("blobs/") + kV6Blob));
   const auto chunks = v6_chunks();
   std::vector<uint8_t> out;
@@ -442,7 +427,7 @@ TEST_CASE("ChunkReader rejects inconsistent requests", "[chunk_reader]") {
 }
 
 TEST_CASE("a missing blob is kNotFound on every read and logged once", "[chunk_reader]") {
-  TempDir tmp;
+  TempDir tmp{"nydus-be"};
   const std::string missing_id(64, 'c');
   std::vector<BlobInfo> blobs{v6_blob_info(), v6_blob_info(missing_id)};
   blobs[1].index = 1;
@@ -477,7 +462,7 @@ TEST_CASE("a missing blob is kNotFound on every read and logged once", "[chunk_r
 }
 
 TEST_CASE("a path-traversal blob id is refused", "[chunk_reader]") {
-  TempDir tmp;
+  TempDir tmp{"nydus-be"};
   // A real blob one directory up from `dir`: a naive join would find it.
   const std::string sub = tmp.path() + "/sub";
   fs::create_directory(sub);
@@ -596,7 +581,7 @@ TEST_CASE("unlocated chunks resolve through blob.meta", "[chunk_reader][blob_met
     return u;
   };
   std::vector<uint8_t> out;
-  TempDir work;
+  TempDir work{"nydus-be"};
   for (bool validate : {false, true}) {
     INFO("validate " << validate);
     // From the blob itself (no work_dir, then an empty work_dir).
@@ -624,7 +609,7 @@ TEST_CASE("unlocated chunks resolve through blob.meta", "[chunk_reader][blob_met
   std::copy(blob.begin() + 0x207a, blob.begin() + 0x207a + 32, meta.begin());
   std::copy(blob.begin() + 0x209a, blob.begin() + 0x209a + 4096, meta.begin() + 4096);
   write_file(work.path() + "/" + kV6Blob + ".blob.meta", meta);
-  TempDir blobs;
+  TempDir blobs{"nydus-be"};
   auto wrecked = blob;
   for (size_t i = 0x207a; i < 0x207a + 32; ++i) wrecked[i] ^= 0xA5;
   write_file(blobs.path() + "/" + kV6Blob, wrecked);
@@ -665,7 +650,7 @@ TEST_CASE("unlocated chunks are verified against the blob's digest array", "[chu
   const size_t kTocEntrySha = 0x365a + 24;     // sha256 field of the ToC's blob.digest entry
   const size_t kToc = blob.size() - 1024;
   std::vector<uint8_t> out;
-  TempDir tmp;
+  TempDir tmp{"nydus-be"};
 
   SECTION("intact blob: digests come from the ToC, no warning") {
     StderrCapture capture(tmp.path() + "/log");
@@ -735,7 +720,7 @@ TEST_CASE("unlocated chunks are verified against the blob's digest array", "[chu
 }
 
 TEST_CASE("a blob that appears later is read, and the recovery is logged", "[chunk_reader]") {
-  TempDir tmp;
+  TempDir tmp{"nydus-be"};
   ChunkReaderOptions opts;
   opts.validate_digest = true;
   ChunkReader reader({v6_blob_info()}, make_localfs_backend(LocalFsConfig{tmp.path(), "", {}}), opts);

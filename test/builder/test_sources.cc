@@ -73,23 +73,6 @@ int count_fds() {
   return n;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "nydus-src-XXXXXX").string();
-    REQUIRE(mkdtemp(templ.data()) != nullptr);
-    path_ = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
-
- private:
-  std::string path_;
-};
 
 void write_file(const std::string& path, const std::string& data) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
@@ -465,7 +448,7 @@ TEST_CASE("strip_whiteouts drops what upstream's directory builder skips", "[whi
 // ---------------------------------------------------------------- directory source
 
 struct BuiltDir {
-  TempDir tmp;
+  TempDir tmp{"nydus-src"};
   std::string root;
   bool rooted = false;
   std::string cap;  // security.capability value written
@@ -703,7 +686,7 @@ TEST_CASE("read_directory reads every kind of entry with all its fields", "[dir_
 }
 
 TEST_CASE("read_directory keeps whiteouts when asked and fails clearly", "[dir_source]") {
-  TempDir tmp;
+  TempDir tmp{"nydus-src"};
   std::string r = tmp / "t";
   REQUIRE(mkdir(r.c_str(), 0755) == 0);
   write_file(r + "/.wh.gone", "");
@@ -746,7 +729,7 @@ TEST_CASE("read_directory keeps whiteouts when asked and fails clearly", "[dir_s
 }
 
 TEST_CASE("read_directory handles a directory with 100,000 entries", "[dir_source]") {
-  TempDir tmp;
+  TempDir tmp{"nydus-src"};
   std::string r = tmp / "big";
   REQUIRE(mkdir(r.c_str(), 0755) == 0);
   for (int i = 0; i < 100000; ++i) {
@@ -981,7 +964,7 @@ void check_crafted(const Tree& tree, bool pax) {
 
 TEST_CASE("read_tar parses python-made pax, gnu and gzip archives", "[tar_source]") {
   if (!have_tool("python3")) return;
-  TempDir tmp;
+  TempDir tmp{"nydus-src"};
   for (auto [mode, fmt, file] : {std::tuple{"w", "pax", "p.tar"}, std::tuple{"w:gz", "pax", "p.tar.gz"},
                                  std::tuple{"w", "gnu", "g.tar"}}) {
     INFO(fmt << " " << mode);
@@ -1067,7 +1050,7 @@ TEST_CASE("read_tar agrees with read_directory on GNU tar archives of the same t
 }
 
 TEST_CASE("read_tar reports malformed archives with the archive and entry", "[tar_source]") {
-  TempDir tmp;
+  TempDir tmp{"nydus-src"};
   std::string fixture_bytes = read_file(fixture("tar/all-entry-type.tar"));
   REQUIRE(fixture_bytes.size() == 10240);
 
@@ -1159,7 +1142,7 @@ one(sys.argv[1] + '/longname.tar', 'd/' + 'n' * 256)
 
 TEST_CASE("read_tar content is readable after the archive is gone and from many threads", "[tar_source]") {
   if (!have_tool("python3")) return;
-  TempDir tmp;
+  TempDir tmp{"nydus-src"};
   const char script[] = R"PY(
 import io, sys, tarfile
 t = tarfile.open(sys.argv[1], 'w')

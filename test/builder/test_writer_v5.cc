@@ -38,28 +38,13 @@ namespace nydus::bootstrap {
 namespace {
 
 namespace fs = std::filesystem;
+using nydus::test::TempDir;
 using builder::Node;
 
 constexpr uint32_t kSmallChunk = 4096;
 
 // ---------------------------------------------------------------- helpers
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "writer-v5-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 uint64_t le64(std::span<const uint8_t> b, uint64_t off) {
   uint64_t v = 0;
@@ -570,7 +555,7 @@ TEST_CASE("v5 writer: every file kind round-trips through the v5 reader and the 
                                                std::make_pair(Compressor::kNone, Digester::kSha256),
                                                std::make_pair(Compressor::kLz4Block, Digester::kSha256));
   INFO("compressor " << compressor_name(compressor) << " digester " << digester_name(digester));
-  TempDir dir;
+  TempDir dir{"writer-v5"};
   Model m = make_full_tree(dir.path(), compressor, digester);
   const auto bytes = write_ok(m);
   auto image = open_bytes(bytes);
@@ -615,7 +600,7 @@ TEST_CASE("v5 writer: every file kind round-trips through the v5 reader and the 
 }
 
 TEST_CASE("v5 writer: on-disk layout, index order and record order", "[writer_v5]") {
-  TempDir dir;
+  TempDir dir{"writer-v5"};
   Model m = make_full_tree(dir.path(), Compressor::kZstd, Digester::kBlake3);
   m.blobs[0].features = 0x4000'0000;  // CAP_TAR_TOC passes through the extended table
   m.options.prefetch_paths = {"/multi", "/sub", "/"};
@@ -779,8 +764,8 @@ TEST_CASE("v5 writer: on-disk layout, index order and record order", "[writer_v5
 }
 
 TEST_CASE("v5 writer: output is deterministic", "[writer_v5]") {
-  TempDir dir1;
-  TempDir dir2;
+  TempDir dir1{"writer-v5"};
+  TempDir dir2{"writer-v5"};
   Model a = make_full_tree(dir1.path(), Compressor::kZstd, Digester::kBlake3);
   Model b = make_full_tree(dir2.path(), Compressor::kZstd, Digester::kBlake3, /*reverse=*/true);
   const auto first = write_ok(a);
@@ -791,7 +776,7 @@ TEST_CASE("v5 writer: output is deterministic", "[writer_v5]") {
 }
 
 TEST_CASE("v5 writer: files larger than 4 GiB", "[writer_v5]") {
-  TempDir dir;
+  TempDir dir{"writer-v5"};
   constexpr uint32_t kChunk = 1 << 20;
   TestBlob blob(Compressor::kZstd, Digester::kBlake3, kChunk);
   Model m;
@@ -892,7 +877,7 @@ TEST_CASE("v5 writer: minimal trees", "[writer_v5]") {
 }
 
 TEST_CASE("v5 writer: through builder::Tree", "[writer_v5]") {
-  TempDir dir;
+  TempDir dir{"writer-v5"};
   TestBlob blob(Compressor::kNone, Digester::kBlake3, kSmallChunk);
   builder::Tree tree;
   tree.root().mode = S_IFDIR | 0755;
@@ -954,7 +939,7 @@ TEST_CASE("v5 writer: through builder::Tree", "[writer_v5]") {
 }
 
 TEST_CASE("v5 writer: chunks from builder::BlobWriter in two blobs", "[writer_v5]") {
-  TempDir dir;
+  TempDir dir{"writer-v5"};
   const Compressor compressor = GENERATE(Compressor::kZstd, Compressor::kNone);
   WriterOptions options;
   options.chunk_size = kSmallChunk;

@@ -51,6 +51,7 @@ namespace nydus::builder {
 namespace {
 
 namespace fs = std::filesystem;
+using nydus::test::TempDir;
 using bootstrap::BlobInfo;
 using bootstrap::ChunkRef;
 using bootstrap::Compressor;
@@ -64,22 +65,6 @@ constexpr uint32_t kChunk = 4096;
 
 // ---------------------------------------------------------------- helpers
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "writer-v6-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::vector<uint8_t> read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -715,7 +700,7 @@ TEST_CASE("v6 writer: every file kind, every compressor and digester, read back"
   for (Compressor c : {Compressor::kNone, Compressor::kLz4Block, Compressor::kZstd}) {
     for (Digester d : {Digester::kBlake3, Digester::kSha256}) {
       DYNAMIC_SECTION(bootstrap::compressor_name(c) << " " << bootstrap::digester_name(d)) {
-        TempDir dir;
+        TempDir dir{"writer-v6"};
         Built b = build_tree();
         Written w = write_image(b, dir.path(), c, d, {"/multi", "/hl", "/no/such/path", "/"});
         CHECK(w.boot.size() % 4096 == 0);
@@ -730,7 +715,7 @@ TEST_CASE("v6 writer: every file kind, every compressor and digester, read back"
         CHECK((*img)->prefetch_table() == want);
 
         // Determinism: a second, independent build gives the same bytes.
-        TempDir dir2;
+        TempDir dir2{"writer-v6"};
         Built b2 = build_tree();
         Written w2 = write_image(b2, dir2.path(), c, d, {"/multi", "/hl", "/no/such/path", "/"});
         CHECK(w2.blob.id == w.blob.id);
@@ -742,7 +727,7 @@ TEST_CASE("v6 writer: every file kind, every compressor and digester, read back"
 }
 
 TEST_CASE("v6 writer: on-disk layout details", "[builder][v6]") {
-  TempDir dir;
+  TempDir dir{"writer-v6"};
   Built b = build_tree(3000);
   Written w = write_image(b, dir.path(), Compressor::kZstd, Digester::kBlake3);
   std::span<const uint8_t> boot(w.boot);
@@ -873,7 +858,7 @@ TEST_CASE("v6 writer: the upstream v6 fixture rebuilt byte for byte", "[builder]
   }
 
   SECTION("blob") {
-    TempDir dir;
+    TempDir dir{"writer-v6"};
     BlobWriterOptions bo;
     bo.compressor = Compressor::kZstd;
     bo.digester = Digester::kBlake3;
@@ -948,7 +933,7 @@ TEST_CASE("v6 writer: files larger than 4 GiB", "[builder][v6]") {
   // the last two chunks differ so the end of the file is checked too.
   const uint32_t cs = 1 << 20;
   const uint64_t size = (5ull << 30) + cs + 123;
-  TempDir dir;
+  TempDir dir{"writer-v6"};
   BlobWriterOptions bo;
   bo.compressor = Compressor::kNone;
   bo.chunk_size = cs;
@@ -1020,7 +1005,7 @@ TEST_CASE("v6 writer: kernel erofs mounts the bootstrap with the blob as a devic
   if (!kernel_check_allowed()) return;
   for (Digester d : {Digester::kBlake3, Digester::kSha256}) {
     DYNAMIC_SECTION(bootstrap::digester_name(d)) {
-      TempDir dir;
+      TempDir dir{"writer-v6"};
       Built b = build_tree();
       Written w = write_image(b, dir.path(), Compressor::kNone, d);
       const std::string boot_path = dir.path() + "/image.boot";
@@ -1074,7 +1059,7 @@ TEST_CASE("v6 writer: a directory of 100,000 entries", "[builder][v6]") {
   CHECK((*img)->read_link(lookup_path(**img, "/big/f0012344")).value() == std::string(1 + 12344 % 200, 's'));
 
   if (!kernel_check_allowed()) return;
-  TempDir dir;
+  TempDir dir{"writer-v6"};
   const std::string boot_path = dir.path() + "/big.boot";
   write_file(boot_path, *boot);
   const std::string mnt = dir.path() + "/mnt";
@@ -1195,7 +1180,7 @@ TEST_CASE("v6 writer: refuses what RAFS v6 cannot hold", "[builder][v6]") {
 }
 
 TEST_CASE("blob writer: dedup, temp files, empty blobs, v5 blobs", "[builder][v6]") {
-  TempDir dir;
+  TempDir dir{"writer-v6"};
   auto listing = [&] {
     std::vector<std::string> names;
     for (const auto& e : fs::directory_iterator(dir.path())) names.push_back(e.path().filename().string());
