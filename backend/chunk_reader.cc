@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "backend/blob_id.h"
@@ -170,7 +171,8 @@ Result<std::vector<ChunkRef>> load_table_from_cache_file(const std::string& path
 // The chunk-info table from the blob itself: the ci payload at
 // meta_ci_offset, followed by its 4096-byte header (rafs-format.md §5.2).
 Result<std::vector<ChunkRef>> load_table_from_blob(BlobReader& reader, const BlobInfo& blob,
-                                                   std::span<const uint8_t> digests) {
+                                                   std::span<const uint8_t> digests,
+                                                   const std::string& save_to_dir) {
   if (blob.meta_ci_uncompressed_size == 0)
     return Status::unsupported("the bootstrap does not locate this chunk and the blob table records "
                                "no blob.meta for the blob");
@@ -186,23 +188,36 @@ Result<std::vector<ChunkRef>> load_table_from_blob(BlobReader& reader, const Blo
                bootstrap::parse_blob_meta_header(header_bytes, blob));
   std::vector<uint8_t> raw(blob.meta_ci_compressed_size);
   NYDUS_TRY(reader.read_exact(blob.meta_ci_offset, raw).with_context("blob.meta"));
+  std::vector<uint8_t> payload;
   if (blob.meta_ci_compressor == Compressor::kNone) {
     // Stored plain (keep-if-smaller); decompress() still checks the sizes.
     if (raw.size() != blob.meta_ci_uncompressed_size)
       return Status::corrupt("plain blob.meta has " + std::to_string(raw.size()) + " bytes, expected " +
                              std::to_string(blob.meta_ci_uncompressed_size));
-    return bootstrap::parse_chunk_infos(raw, header, blob, digests);
+    payload = std::move(raw);
+  } else {
+    payload.resize(blob.meta_ci_uncompressed_size);
+    NYDUS_TRY(decompress(blob.meta_ci_compressor, raw, payload).with_context("blob.meta"));
   }
-  std::vector<uint8_t> payload(blob.meta_ci_uncompressed_size);
-  NYDUS_TRY(decompress(blob.meta_ci_compressor, raw, payload).with_context("blob.meta"));
-  return bootstrap::parse_chunk_infos(payload, header, blob, digests);
+  NYDUS_ASSIGN(auto table, bootstrap::parse_chunk_infos(payload, header, blob, digests));
+  if (!save_to_dir.empty()) {
+    // Saved only once it parsed: a later start (ours or upstream's) then
+    // needs no request for it.
+    if (Status saved = write_blob_meta_file(save_to_dir, blob.id, payload, header_bytes); !saved.ok())
+      LOG_WARN("blob %s: cannot save its blob.meta in %s: %s", blob.id.c_str(), save_to_dir.c_str(),
+               saved.message().c_str());
+  }
+  return table;
 }
 
 }  // namespace
 
 ChunkReader::ChunkReader(std::vector<BlobInfo> blobs, std::unique_ptr<BlobBackend> backend,
                          ChunkReaderOptions options)
-    : blobs_(std::move(blobs)), backend_(std::move(backend)), options_(std::move(options)) {}
+    : blobs_(std::move(blobs)),
+      backend_(std::move(backend)),
+      options_(std::move(options)),
+      metrics_(options_.metrics ? options_.metrics : &own_metrics_) {}
 
 void ChunkReader::note_missing(uint32_t blob_index, const Status& status) {
   bool first;
@@ -302,7 +317,8 @@ Result<ChunkReader::ChunkTable> ChunkReader::load_chunk_table(uint32_t blob_inde
                 "ignoring " + path + ", reading the chunk-info table from the blob instead: " +
                 cached.status().message());
   }
-  NYDUS_ASSIGN(table.chunks, load_table_from_blob(*reader, blob, digests));
+  NYDUS_ASSIGN(table.chunks,
+               load_table_from_blob(*reader, blob, digests, options_.cache ? options_.work_dir : ""));
   return table;
 }
 
@@ -360,7 +376,253 @@ Result<ChunkRef> ChunkReader::locate(const ChunkRef& chunk, bool* digest_known) 
   return out;
 }
 
-Status ChunkReader::read_chunk(const ChunkRef& in, std::span<uint8_t> dst) {
+namespace {
+
+uint64_t flight_key(const ChunkRef& c) { return (uint64_t{c.blob_index} << 32) | c.chunk_index; }
+
+// Counts an on-demand fetch for the time it is in flight (prefetch waits
+// while any are).
+class DemandFetch {
+ public:
+  explicit DemandFetch(std::atomic<int>& counter) : counter_(counter) { counter_.fetch_add(1); }
+  ~DemandFetch() { counter_.fetch_sub(1); }
+  DemandFetch(const DemandFetch&) = delete;
+  DemandFetch& operator=(const DemandFetch&) = delete;
+
+ private:
+  std::atomic<int>& counter_;
+};
+
+constexpr auto kPrefetchYieldLimit = std::chrono::seconds(30);
+
+}  // namespace
+
+Result<ChunkRef> ChunkReader::located(const ChunkRef& in) {
+  if (in.blob_index >= blobs_.size())
+    return Status::invalid("chunk " + std::to_string(in.chunk_index) + " refers to blob index " +
+                           std::to_string(in.blob_index) + ", the image has " +
+                           std::to_string(blobs_.size()) + " blobs");
+  if (in.located) return in;
+  const BlobInfo& blob = blobs_[in.blob_index];
+  bool digest_known = false;
+  auto found = locate(in, &digest_known);
+  if (!found.ok()) return in_context(found.status(), chunk_name(blob, in.chunk_index), blob);
+  ChunkRef out = std::move(found).value();
+  // An all-zero digest marks "unknown": verification then relies on
+  // decompression and CRC-32C (see verify()).
+  if (!digest_known) out.digest = Digest{};
+  return out;
+}
+
+BlobCacheFile* ChunkReader::cache_for(uint32_t blob_index) {
+  if (!options_.cache) return nullptr;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = caches_.find(blob_index); it != caches_.end()) return it->second.get();
+  const BlobInfo& blob = blobs_[blob_index];
+  auto& slot = caches_[blob_index];
+  if (blob.chunk_count == 0 || blob.uncompressed_size == 0) {
+    // Old v5 blob tables carry neither; upstream keeps such a blob's map
+    // in memory only. We serve it uncached rather than guess a layout.
+    LOG_INFO("blob %s: the bootstrap records no chunk count or size for it; served without the blob cache",
+             blob.id.c_str());
+    return nullptr;
+  }
+  // Opening takes a few system calls once per blob; holding mu_ keeps
+  // two threads from racing to create the same files.
+  auto opened = BlobCacheFile::open(options_.work_dir, blob.id, blob.uncompressed_size, blob.chunk_count);
+  if (!opened.ok()) {
+    LOG_WARN("blob %s: cannot use the blob cache in %s, serving it uncached: %s", blob.id.c_str(),
+             options_.work_dir.c_str(), opened.status().message().c_str());
+    return nullptr;
+  }
+  slot = std::move(opened).value();
+  return slot.get();
+}
+
+Status ChunkReader::verify(const ChunkRef& chunk, std::span<const uint8_t> data) {
+  const BlobInfo& blob = blobs_[chunk.blob_index];
+  const std::string where = chunk_name(blob, chunk.chunk_index);
+  if (!is_zero(chunk.digest)) {
+    const Digest actual = digest(blob.digester, data);
+    if (actual != chunk.digest)
+      return Status::corrupt(where + ": " + bootstrap::digester_name(blob.digester) +
+                             " digest mismatch: expected " + to_hex(chunk.digest) + ", got " + to_hex(actual));
+  } else {
+    warn_once(chunk.blob_index, "no-digest",
+              "blob " + blob.id + ": the blob carries no chunk digests; its chunks are checked by "
+              "decompression and CRC-32C only");
+  }
+  if (chunk.has_crc32) {
+    const uint32_t actual = crc32c(data);
+    if (actual != chunk.crc32) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "expected %08x, got %08x", chunk.crc32, actual);
+      return Status::corrupt(where + ": CRC-32C mismatch: " + buf);
+    }
+  }
+  return Status::Ok();
+}
+
+Status ChunkReader::read_from_cache(BlobCacheFile& cache, const ChunkRef& in, std::span<uint8_t> dst) {
+  NYDUS_TRY(cache.read(in.chunk_index, in.uncompressed_offset, dst));
+  if (!options_.cache_validate && !options_.validate_digest) return Status::Ok();
+  NYDUS_ASSIGN(const ChunkRef chunk, located(in));
+  return verify(chunk, dst);
+}
+
+Status ChunkReader::decode_and_verify(const ChunkRef& chunk, std::span<const uint8_t> raw,
+                                      std::span<uint8_t> out, bool from_network) {
+  const BlobInfo& blob = blobs_[chunk.blob_index];
+  const std::string where = chunk_name(blob, chunk.chunk_index);
+  if (!chunk.compressed) {
+    if (raw.size() != out.size())
+      return Status::corrupt(where + ": stored uncompressed, but compressed size " +
+                             std::to_string(raw.size()) + " != uncompressed size " + std::to_string(out.size()));
+    std::memcpy(out.data(), raw.data(), raw.size());
+  } else {
+    Status s = decompress(blob.compressor, raw, out);
+    if (!s.ok()) return in_context(s, where, blob);
+  }
+  if (!verify_wanted(from_network)) return Status::Ok();
+  return verify(chunk, out);
+}
+
+Status ChunkReader::fetch_single(const ChunkRef& chunk, std::span<uint8_t> out) {
+  const BlobInfo& blob = blobs_[chunk.blob_index];
+  NYDUS_ASSIGN(auto reader, reader_for(chunk.blob_index));
+  Scratch raw(chunk.compressed_size);
+  Status s = reader->read_exact(chunk.compressed_offset, raw.span());
+  metrics_->backend_fetches.fetch_add(1, std::memory_order_relaxed);
+  metrics_->backend_chunks.fetch_add(1, std::memory_order_relaxed);
+  metrics_->backend_bytes.fetch_add(chunk.compressed_size, std::memory_order_relaxed);
+  if (!s.ok()) return in_context(s, chunk_name(blob, chunk.chunk_index), blob);
+  return decode_and_verify(chunk, raw.span(), out, true);
+}
+
+std::pair<std::shared_ptr<ChunkReader::Flight>, bool> ChunkReader::claim(uint64_t key) {
+  std::lock_guard<std::mutex> lock(flights_mu_);
+  auto [it, inserted] = flights_.try_emplace(key);
+  if (inserted) it->second = std::make_shared<Flight>();
+  return {it->second, inserted};
+}
+
+void ChunkReader::finish(uint64_t key, const std::shared_ptr<Flight>& flight, Status status,
+                         std::vector<uint8_t> data) {
+  {
+    // Leave the map first: from here on a new reader finds the chunk in
+    // the cache (committed before this call) or starts a fresh fetch after
+    // a failure.
+    std::lock_guard<std::mutex> lock(flights_mu_);
+    if (auto it = flights_.find(key); it != flights_.end() && it->second == flight) flights_.erase(it);
+  }
+  {
+    std::lock_guard<std::mutex> lock(flight->mu);
+    flight->status = std::move(status);
+    flight->data = std::move(data);
+    flight->done = true;
+  }
+  flight->cv.notify_all();
+}
+
+Status ChunkReader::wait_for(Flight& flight, const ChunkRef& chunk, std::span<uint8_t> dst) {
+  metrics_->singleflight_waits.fetch_add(1, std::memory_order_relaxed);
+  std::unique_lock<std::mutex> lock(flight.mu);
+  if (!flight.cv.wait_for(lock, options_.wait_deadline, [&] { return flight.done; }))
+    return Status::timeout(chunk_name(blobs_[chunk.blob_index], chunk.chunk_index) + ": waited " +
+                           std::to_string(options_.wait_deadline.count()) + " ms for the fetch in flight");
+  if (!flight.status.ok()) return flight.status;
+  if (flight.data.size() != dst.size())
+    return Status::corrupt(chunk_name(blobs_[chunk.blob_index], chunk.chunk_index) + ": fetched " +
+                           std::to_string(flight.data.size()) + " bytes, expected " + std::to_string(dst.size()));
+  std::memcpy(dst.data(), flight.data.data(), dst.size());
+  return Status::Ok();
+}
+
+size_t ChunkReader::extend_group(std::vector<ChunkRef>& group, std::vector<std::shared_ptr<Flight>>& flights,
+                                 std::span<const ChunkRef> candidates, BlobCacheFile& cache, uint64_t limit) {
+  const uint32_t blob_index = group.front().blob_index;
+  uint64_t end = group.back().compressed_offset + group.back().compressed_size;
+  uint64_t total = end - group.front().compressed_offset;
+  size_t consumed = 0;
+  for (const ChunkRef& candidate : candidates) {
+    if (candidate.blob_index != blob_index) break;
+    // The same chunk twice in a row (a file repeating a block) is already
+    // in the group.
+    const bool duplicate = std::any_of(group.begin(), group.end(), [&](const ChunkRef& g) {
+      return g.chunk_index == candidate.chunk_index;
+    });
+    if (duplicate) {
+      ++consumed;
+      continue;
+    }
+    if (cache.is_ready(candidate.chunk_index)) break;
+    auto next = located(candidate);
+    if (!next.ok()) break;
+    if (next->compressed_offset != end || next->compressed_size > kMaxChunkSize ||
+        next->uncompressed_size > kMaxChunkSize || total + next->compressed_size > limit)
+      break;
+    auto [flight, leader] = claim(flight_key(*next));
+    if (!leader) break;  // another thread is fetching it
+    end += next->compressed_size;
+    total += next->compressed_size;
+    group.push_back(std::move(next).value());
+    flights.push_back(std::move(flight));
+    ++consumed;
+  }
+  return consumed;
+}
+
+void ChunkReader::fetch_group(const std::vector<ChunkRef>& group,
+                              const std::vector<std::shared_ptr<Flight>>& flights) {
+  const ChunkRef& first = group.front();
+  const BlobInfo& blob = blobs_[first.blob_index];
+  const uint64_t start = first.compressed_offset;
+  const uint64_t total = group.back().compressed_offset + group.back().compressed_size - start;
+
+  auto fail_all = [&](const Status& s) {
+    for (size_t i = 0; i < group.size(); ++i)
+      finish(flight_key(group[i]), flights[i], in_context(s, chunk_name(blob, group[i].chunk_index), blob), {});
+  };
+  auto reader = reader_for(first.blob_index);
+  if (!reader.ok()) return fail_all(reader.status());
+  Scratch raw(total);
+  Status s = (*reader)->read_exact(start, raw.span());
+  metrics_->backend_fetches.fetch_add(1, std::memory_order_relaxed);
+  metrics_->backend_chunks.fetch_add(group.size(), std::memory_order_relaxed);
+  metrics_->backend_bytes.fetch_add(total, std::memory_order_relaxed);
+  if (!s.ok()) {
+    if (s.code() == Code::kNotFound) note_missing(first.blob_index, s);
+    return fail_all(s);
+  }
+
+  BlobCacheFile* cache = cache_for(first.blob_index);
+  for (size_t i = 0; i < group.size(); ++i) {
+    const ChunkRef& chunk = group[i];
+    std::vector<uint8_t> data(chunk.uncompressed_size);
+    Status cs = decode_and_verify(chunk, raw.span().subspan(chunk.compressed_offset - start, chunk.compressed_size),
+                                  data, true);
+    // Wrong bytes from the network are fetched again, alone; they are
+    // never cached or returned.
+    for (uint32_t attempt = 1; !cs.ok() && cs.code() == Code::kCorrupt && attempt < options_.fetch_attempts;
+         ++attempt) {
+      metrics_->corrupt_fetches.fetch_add(1, std::memory_order_relaxed);
+      LOG_WARN("%s; fetching it again (attempt %u of %u)", cs.message().c_str(), attempt + 1,
+               options_.fetch_attempts);
+      cs = fetch_single(chunk, data);
+    }
+    if (!cs.ok() && cs.code() == Code::kCorrupt) metrics_->corrupt_fetches.fetch_add(1, std::memory_order_relaxed);
+    if (cs.ok() && cache) {
+      if (Status committed = cache->commit(chunk.chunk_index, chunk.uncompressed_offset, data); !committed.ok())
+        warn_once(chunk.blob_index, "commit",
+                  "blob " + blob.id + ": cannot write to the blob cache (reads go on uncached): " +
+                      committed.message());
+    }
+    if (!cs.ok()) cs = in_context(cs, chunk_name(blob, chunk.chunk_index), blob);
+    finish(flight_key(chunk), flights[i], std::move(cs), std::move(data));
+  }
+}
+
+Status ChunkReader::read_chunk(const ChunkRef& in, std::span<uint8_t> dst, std::span<const ChunkRef> following) {
   if (in.blob_index >= blobs_.size())
     return Status::invalid("chunk " + std::to_string(in.chunk_index) + " refers to blob index " +
                            std::to_string(in.blob_index) + ", the image has " +
@@ -370,63 +632,106 @@ Status ChunkReader::read_chunk(const ChunkRef& in, std::span<uint8_t> dst) {
   if (dst.size() != in.uncompressed_size)
     return Status::invalid(where + ": buffer of " + std::to_string(dst.size()) +
                            " bytes for a chunk of " + std::to_string(in.uncompressed_size));
+  metrics_->chunk_reads.fetch_add(1, std::memory_order_relaxed);
 
-  ChunkRef located;
-  bool digest_known = true;
-  const ChunkRef* chunk = &in;
-  if (!in.located) {
-    auto found = locate(in, &digest_known);
-    if (!found.ok()) return in_context(found.status(), where, blob);
-    located = std::move(found).value();
-    chunk = &located;
+  BlobCacheFile* cache = cache_for(in.blob_index);
+  if (cache && cache->is_ready(in.chunk_index)) {
+    Status s = read_from_cache(*cache, in, dst);
+    if (s.ok()) {
+      metrics_->cache_hits.fetch_add(1, std::memory_order_relaxed);
+      metrics_->cache_hit_bytes.fetch_add(dst.size(), std::memory_order_relaxed);
+      return s;
+    }
+    // The cached copy is unreadable or wrong: serve this read from the
+    // backend (the bad copy stays until the cache files are removed).
+    warn_once(in.blob_index, "cache-read", "blob " + blob.id + ": bad cached chunk, reading it from the backend: " +
+                                               s.message());
   }
+
+  NYDUS_ASSIGN(const ChunkRef chunk, located(in));
   // The bootstrap reader validates these, but a size here sizes an
   // allocation, so do not trust any one source of ChunkRefs blindly.
-  if (chunk->uncompressed_size > kMaxChunkSize || chunk->compressed_size > kMaxChunkSize)
-    return Status::corrupt(where + ": sizes out of range (" + std::to_string(chunk->compressed_size) +
-                           " compressed, " + std::to_string(chunk->uncompressed_size) + " uncompressed)");
+  if (chunk.uncompressed_size > kMaxChunkSize || chunk.compressed_size > kMaxChunkSize)
+    return Status::corrupt(where + ": sizes out of range (" + std::to_string(chunk.compressed_size) +
+                           " compressed, " + std::to_string(chunk.uncompressed_size) + " uncompressed)");
 
-  auto reader = reader_for(in.blob_index);
-  if (!reader.ok()) return in_context(reader.status(), where, blob);
-
-  Status s;
-  if (!chunk->compressed) {
-    if (chunk->compressed_size != chunk->uncompressed_size)
-      return Status::corrupt(where + ": stored uncompressed, but compressed size " +
-                             std::to_string(chunk->compressed_size) + " != uncompressed size " +
-                             std::to_string(chunk->uncompressed_size));
-    s = (*reader)->read_exact(chunk->compressed_offset, dst);
-  } else {
-    Scratch scratch(chunk->compressed_size);
-    s = (*reader)->read_exact(chunk->compressed_offset, scratch.span());
-    if (s.ok()) s = decompress(blob.compressor, scratch.span(), dst);
+  auto [flight, leader] = claim(flight_key(chunk));
+  if (!leader) return wait_for(*flight, chunk, dst);
+  std::vector<ChunkRef> group{chunk};
+  std::vector<std::shared_ptr<Flight>> flights{flight};
+  if (cache && options_.merge_bytes > 0) extend_group(group, flights, following, *cache, options_.merge_bytes);
+  {
+    DemandFetch demand(demand_fetches_);
+    fetch_group(group, flights);
   }
-  if (!s.ok()) {
-    if (s.code() == Code::kNotFound) note_missing(in.blob_index, s);
-    return in_context(s, where, blob);
-  }
-
-  if (!options_.validate_digest) return Status::Ok();
-  if (digest_known) {
-    const Digest actual = digest(blob.digester, dst);
-    if (actual != chunk->digest)
-      return Status::corrupt(where + ": " + bootstrap::digester_name(blob.digester) +
-                             " digest mismatch: expected " + to_hex(chunk->digest) + ", got " +
-                             to_hex(actual));
-  } else {
-    warn_once(in.blob_index, "no-digest",
-              "blob " + blob.id + ": digest validation is on but the blob carries no chunk "
-              "digests; its chunks are checked by decompression and CRC-32C only");
-  }
-  if (chunk->has_crc32) {
-    const uint32_t actual = crc32c(dst);
-    if (actual != chunk->crc32) {
-      char buf[64];
-      std::snprintf(buf, sizeof buf, "expected %08x, got %08x", chunk->crc32, actual);
-      return Status::corrupt(where + ": CRC-32C mismatch: " + buf);
-    }
-  }
+  std::lock_guard<std::mutex> lock(flight->mu);
+  if (!flight->status.ok()) return flight->status;
+  std::memcpy(dst.data(), flight->data.data(), dst.size());
   return Status::Ok();
+}
+
+Status ChunkReader::ensure_cached(std::span<const ChunkRef> chunks, uint64_t merge_bytes, uint64_t* fetched_bytes) {
+  Status first_error;
+  size_t i = 0;
+  while (i < chunks.size()) {
+    const ChunkRef& in = chunks[i];
+    if (in.blob_index >= blobs_.size()) return Status::invalid("prefetch: chunk refers to a blob the image lacks");
+    BlobCacheFile* cache = cache_for(in.blob_index);
+    if (!cache || cache->is_ready(in.chunk_index)) {
+      ++i;
+      continue;
+    }
+    // On-demand reads first: wait while any is fetching (bounded, so a
+    // steady stream of reads delays prefetch but cannot wedge it).
+    const auto yield_until = std::chrono::steady_clock::now() + kPrefetchYieldLimit;
+    while (demand_fetches_.load() > 0 && std::chrono::steady_clock::now() < yield_until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    auto chunk = located(in);
+    if (!chunk.ok()) {
+      if (first_error.ok()) first_error = chunk.status();
+      ++i;
+      continue;
+    }
+    auto [flight, leader] = claim(flight_key(*chunk));
+    if (!leader) {
+      ++i;
+      continue;
+    }
+    std::vector<ChunkRef> group{*chunk};
+    std::vector<std::shared_ptr<Flight>> flights{flight};
+    const size_t consumed = merge_bytes > 0 ? extend_group(group, flights, chunks.subspan(i + 1), *cache, merge_bytes) : 0;
+    fetch_group(group, flights);
+    metrics_->prefetch_requests.fetch_add(1, std::memory_order_relaxed);
+    for (size_t k = 0; k < group.size(); ++k) {
+      std::lock_guard<std::mutex> lock(flights[k]->mu);
+      if (flights[k]->status.ok()) {
+        metrics_->prefetch_chunks.fetch_add(1, std::memory_order_relaxed);
+        metrics_->prefetch_bytes.fetch_add(group[k].uncompressed_size, std::memory_order_relaxed);
+        if (fetched_bytes) *fetched_bytes += group[k].compressed_size;
+      } else if (first_error.ok()) {
+        first_error = flights[k]->status;
+      }
+    }
+    i += consumed + 1;
+  }
+  return first_error;
+}
+
+std::vector<BlobCacheState> ChunkReader::cache_state() {
+  std::vector<BlobCacheState> out;
+  for (uint32_t i = 0; i < blobs_.size(); ++i) {
+    BlobCacheState st;
+    st.blob_id = blobs_[i].id;
+    st.chunk_count = blobs_[i].chunk_count;
+    if (BlobCacheFile* cache = cache_for(i)) {
+      st.cached = true;
+      st.ready_chunks = cache->ready_count();
+      st.fully_cached = cache->fully_cached();
+      st.data_path = cache->data_path();
+    }
+    out.push_back(std::move(st));
+  }
+  return out;
 }
 
 }  // namespace nydus::backend

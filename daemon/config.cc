@@ -53,6 +53,79 @@ Status read_object(const json& obj, const char* key, const std::string& path, co
   return Status::Ok();
 }
 
+Status read_string_list(const json& obj, const char* key, const std::string& path,
+                        std::vector<std::string>* out) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return Status::Ok();
+  if (!it->is_array()) return Status::invalid("config: " + path + key + " must be an array of strings");
+  for (const auto& v : *it) {
+    if (!v.is_string()) return Status::invalid("config: " + path + key + " must be an array of strings");
+    out->push_back(v.get<std::string>());
+  }
+  return Status::Ok();
+}
+
+template <typename T>
+Status read_uint_as(const json& obj, const char* key, const std::string& path, uint64_t max, T* out) {
+  uint64_t v = *out;
+  NYDUS_TRY(read_uint(obj, key, path, max, &v));
+  *out = static_cast<T>(v);
+  return Status::Ok();
+}
+
+// `device.backend.config` of a registry backend (nydusd-contract.md §2.3-2.5).
+// host and repo may be missing here: the snapshotter fills them in, and the
+// backend refuses to start without them.
+Status parse_registry_settings(const json& s, const std::string& path, backend::RegistryConfig* r) {
+  NYDUS_TRY(read_string(s, "scheme", path, &r->scheme));
+  NYDUS_TRY(read_string(s, "host", path, &r->host));
+  NYDUS_TRY(read_string(s, "repo", path, &r->repo));
+  NYDUS_TRY(read_string(s, "auth", path, &r->auth));
+  NYDUS_TRY(read_string(s, "registry_token", path, &r->registry_token));
+  NYDUS_TRY(read_bool(s, "skip_verify", path, &r->skip_verify));
+  NYDUS_TRY(read_string_list(s, "ca_cert_files", path, &r->ca_cert_files));
+  NYDUS_TRY(read_uint_as(s, "timeout", path, UINT32_MAX, &r->timeout_secs));
+  NYDUS_TRY(read_uint_as(s, "connect_timeout", path, UINT32_MAX, &r->connect_timeout_secs));
+  NYDUS_TRY(read_uint_as(s, "retry_limit", path, 255, &r->retry_limit));
+  NYDUS_TRY(read_string(s, "blob_url_scheme", path, &r->blob_url_scheme));
+  NYDUS_TRY(read_string(s, "blob_redirected_host", path, &r->blob_redirected_host));
+  const json* proxy = nullptr;
+  NYDUS_TRY(read_object(s, "proxy", path, &proxy));
+  if (proxy) {
+    const std::string p = path + "proxy.";
+    NYDUS_TRY(read_string(*proxy, "url", p, &r->proxy.url));
+    NYDUS_TRY(read_string(*proxy, "ping_url", p, &r->proxy.ping_url));
+    NYDUS_TRY(read_bool(*proxy, "fallback", p, &r->proxy.fallback));
+    NYDUS_TRY(read_uint(*proxy, "check_interval", p, UINT32_MAX, &r->proxy.check_interval_secs));
+    NYDUS_TRY(read_bool(*proxy, "use_http", p, &r->proxy.use_http));
+  }
+  if (auto it = s.find("mirrors"); it != s.end() && !it->is_null()) {
+    if (!it->is_array()) return Status::invalid("config: " + path + "mirrors must be an array");
+    for (size_t i = 0; i < it->size(); ++i) {
+      const json& m = (*it)[i];
+      const std::string p = path + "mirrors[" + std::to_string(i) + "].";
+      if (!m.is_object()) return Status::invalid("config: " + p.substr(0, p.size() - 1) + " must be an object");
+      backend::MirrorConfig mirror;
+      NYDUS_TRY(read_string(m, "host", p, &mirror.host));
+      if (mirror.host.empty()) return Status::invalid("config: " + p + "host is required");
+      NYDUS_TRY(read_bool(m, "auth_through", p, &mirror.auth_through));
+      NYDUS_TRY(read_string(m, "ping_url", p, &mirror.ping_url));
+      NYDUS_TRY(read_uint(m, "health_check_interval", p, UINT32_MAX, &mirror.health_check_interval_secs));
+      NYDUS_TRY(read_uint_as(m, "failure_limit", p, 255, &mirror.failure_limit));
+      const json* headers = nullptr;
+      NYDUS_TRY(read_object(m, "headers", p, &headers));
+      if (headers) {
+        for (const auto& [name, value] : headers->items()) {
+          if (!value.is_string()) return Status::invalid("config: " + p + "headers." + name + " must be a string");
+          mirror.headers[name] = value.get<std::string>();
+        }
+      }
+      r->mirrors.push_back(std::move(mirror));
+    }
+  }
+  return Status::Ok();
+}
+
 Status parse_backend_settings(BackendConfig* backend, const std::string& path) {
   const json& s = backend->settings;
   if (backend->type == "localfs") {
@@ -69,7 +142,8 @@ Status parse_backend_settings(BackendConfig* backend, const std::string& path) {
       return Status::invalid("config: localfs backend needs " + path + "dir or " + path + "blob_file");
     return Status::Ok();
   }
-  static const char* kKnown[] = {"registry", "oss", "s3", "localdisk", "http-proxy"};
+  if (backend->type == "registry") return parse_registry_settings(s, path, &backend->registry);
+  static const char* kKnown[] = {"oss", "s3", "localdisk", "http-proxy"};
   for (const char* t : kKnown)
     if (backend->type == t) return Status::Ok();  // validated by the backend factory
   return Status::invalid("config: unknown backend type '" + backend->type + "'");

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backend/registry_config.h"
 #include "common/status.h"
 
 namespace nydus::daemon {
@@ -24,6 +25,8 @@ struct BackendConfig {
   std::string dir;
   std::string blob_file;
   std::vector<std::string> alt_dirs;
+  // registry
+  backend::RegistryConfig registry;
 };
 
 struct CacheConfig {

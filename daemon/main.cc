@@ -15,12 +15,15 @@
 
 #include "backend/chunk_reader.h"
 #include "backend/localfs_backend.h"
+#include "backend/prefetcher.h"
+#include "backend/registry_backend.h"
 #include "bootstrap/image.h"
 #include "common/log.h"
 #include "daemon/cli.h"
 #include "daemon/config.h"
 #include "daemon/fuse_server.h"
 #include "fs/filesystem.h"
+#include "fs/prefetch_plan.h"
 
 namespace nydus::daemon {
 namespace {
@@ -87,11 +90,62 @@ Result<std::vector<std::string>> read_prefetch_files(const std::string& path) {
   return files;
 }
 
-Result<std::unique_ptr<backend::BlobBackend>> make_backend(const BackendConfig& config) {
+Result<std::unique_ptr<backend::BlobBackend>> make_backend(const BackendConfig& config,
+                                                           backend::BackendMetrics* metrics) {
   if (config.type == "localfs") {
     return backend::make_localfs_backend({config.dir, config.blob_file, config.alt_dirs});
   }
-  return Status::unsupported("backend type '" + config.type + "' is not supported yet (supported: localfs)");
+  if (config.type == "registry") {
+    backend::RegistryConfig registry = config.registry;
+    // nydusd-contract.md §1: IMAGE_PULL_AUTH replaces the config's auth.
+    if (const char* env = std::getenv("IMAGE_PULL_AUTH"); env && *env) registry.auth = env;
+    return backend::make_registry_backend(std::move(registry), metrics);
+  }
+  return Status::unsupported("backend type '" + config.type +
+                             "' is not supported yet (supported: localfs, registry)");
+}
+
+// --prefetch-files, else the bootstrap's prefetch table, else (with
+// prefetch_all) the whole image (nydusd-contract.md §2.6).
+Result<std::vector<bootstrap::ChunkRef>> make_prefetch_plan(const bootstrap::Image& image,
+                                                            const std::vector<std::string>& files,
+                                                            bool prefetch_all) {
+  if (!files.empty()) {
+    std::vector<std::string> missing;
+    auto plan = fs::prefetch_plan_for_paths(image, files, &missing);
+    for (const std::string& path : missing) LOG_WARN("prefetch: %s is not in the image; skipped", path.c_str());
+    return plan;
+  }
+  if (!image.prefetch_table().empty()) return fs::prefetch_plan_for_inodes(image, image.prefetch_table());
+  if (prefetch_all) return fs::prefetch_plan_all(image);
+  return std::vector<bootstrap::ChunkRef>{};
+}
+
+// One line of counters at exit: where the bytes came from.
+void log_metrics(const backend::BackendMetrics& backend, const backend::CacheMetrics& cache,
+                 backend::ChunkReader& reader) {
+  const double mib = 1 << 20;
+  LOG_INFO("metrics: %llu chunk reads, %llu cache hits (%.1f MiB), %llu backend requests for %llu chunks "
+           "(%.1f MiB raw), %llu single-flight waits, %llu corrupt fetches, prefetch %llu/%llu chunks",
+           static_cast<unsigned long long>(cache.chunk_reads.load()),
+           static_cast<unsigned long long>(cache.cache_hits.load()), cache.cache_hit_bytes.load() / mib,
+           static_cast<unsigned long long>(cache.backend_fetches.load()),
+           static_cast<unsigned long long>(cache.backend_chunks.load()), cache.backend_bytes.load() / mib,
+           static_cast<unsigned long long>(cache.singleflight_waits.load()),
+           static_cast<unsigned long long>(cache.corrupt_fetches.load()),
+           static_cast<unsigned long long>(cache.prefetch_done_chunks.load()),
+           static_cast<unsigned long long>(cache.prefetch_planned_chunks.load()));
+  backend.for_each_source([&](const backend::SourceCounters& s) {
+    LOG_INFO("metrics: source %s: %llu requests, %llu errors, %.1f MiB", s.name.c_str(),
+             static_cast<unsigned long long>(s.requests.load()), static_cast<unsigned long long>(s.errors.load()),
+             s.bytes.load() / mib);
+  });
+  if (reader.cache_enabled()) {
+    for (const auto& blob : reader.cache_state())
+      if (blob.cached)
+        LOG_INFO("metrics: blob %s: %u of %u chunks cached%s", blob.blob_id.c_str(), blob.ready_chunks,
+                 blob.chunk_count, blob.fully_cached ? " (fully cached)" : "");
+  }
 }
 
 int run(const CommandLine& cl) {
@@ -136,18 +190,21 @@ int run(const CommandLine& cl) {
     LOG_ERROR("%s", config.status().message().c_str());
     return 1;
   }
+  std::vector<std::string> prefetch_files;
   if (!cl.prefetch_files.empty()) {
     auto files = read_prefetch_files(cl.prefetch_files);
     if (!files.ok()) {
       LOG_ERROR("%s", files.status().message().c_str());
       return 1;
     }
-    LOG_WARN("--prefetch-files: %zu paths read; prefetch is not supported yet", files->size());
+    prefetch_files = std::move(files).value();
   }
-  if (config->prefetch.enable) LOG_WARN("fs_prefetch.enable: prefetch is not supported yet");
-  if (!config->cache.type.empty() && config->cache.type != "dummycache")
-    LOG_WARN("cache type '%s': the blob cache is not supported yet; chunks are read from the backend",
-             config->cache.type.c_str());
+  if (config->cache.type == "fscache") {
+    LOG_ERROR("cache type 'fscache' needs the singleton service, which is not supported");
+    return 1;
+  }
+  if (config->cache.compressed)
+    LOG_WARN("device.cache.compressed: the raw (.blob.raw) cache is not supported; caching uncompressed data");
 
   auto image = bootstrap::Image::open(cl.bootstrap);
   if (!image.ok()) {
@@ -163,7 +220,8 @@ int run(const CommandLine& cl) {
       return 1;
     }
   }
-  auto backend = make_backend(config->backend);
+  backend::BackendMetrics backend_metrics;
+  auto backend = make_backend(config->backend, &backend_metrics);
   if (!backend.ok()) {
     LOG_ERROR("%s", backend.status().message().c_str());
     return 1;
@@ -174,21 +232,58 @@ int run(const CommandLine& cl) {
            bootstrap::compressor_name((*image)->super().compressor),
            bootstrap::digester_name((*image)->super().digester));
 
+  backend::CacheMetrics cache_metrics;
   backend::ChunkReaderOptions reader_options;
   reader_options.validate_digest = config->digest_validate;
   reader_options.work_dir = config->cache.work_dir;
+  reader_options.cache = config->cache.type == "blobcache" || config->cache.type == "filecache";
+  reader_options.cache_validate = config->cache.validate;
+  // Bytes from the network are always checked before they are cached or
+  // returned; a local directory is trusted unless digest_validate is on.
+  reader_options.verify_fetched = config->backend.type != "localfs";
+  reader_options.merge_bytes = config->amplify_io;
+  reader_options.fetch_attempts = 1 + (config->backend.type == "registry" ? config->backend.registry.retry_limit : 0);
+  reader_options.metrics = &cache_metrics;
   auto reader = std::make_unique<backend::ChunkReader>((*image)->blobs(), std::move(backend).value(),
                                                        reader_options);
   fs::FsOptions fs_options;
   fs_options.enable_xattr = config->enable_xattr;
   fs_options.default_uid = getuid();
   fs_options.default_gid = getgid();
+  fs_options.amplify_bytes = reader_options.cache ? config->amplify_io : 0;
+  backend::ChunkReader& chunk_reader = *reader;
+  const bootstrap::Image& image_ref = **image;
   fs::Filesystem filesystem(std::move(image).value(), std::move(reader), fs_options);
+
+  // Declared after the filesystem so that it stops (joins) first.
+  std::unique_ptr<backend::Prefetcher> prefetcher;
+  if (config->prefetch.enable) {
+    if (!reader_options.cache) {
+      LOG_WARN("fs_prefetch.enable: prefetch needs a blob cache (cache.type blobcache); not prefetching");
+    } else {
+      auto plan = make_prefetch_plan(image_ref, prefetch_files, config->prefetch.prefetch_all);
+      if (!plan.ok()) {
+        LOG_WARN("prefetch: %s; not prefetching", plan.status().message().c_str());
+      } else if (!plan->empty()) {
+        prefetcher = std::make_unique<backend::Prefetcher>(
+            chunk_reader,
+            backend::PrefetchOptions{config->prefetch.threads, config->prefetch.merging_size,
+                                     config->prefetch.bandwidth_rate},
+            &cache_metrics);
+        prefetcher->start(std::move(plan).value());
+      }
+    }
+  } else if (!prefetch_files.empty()) {
+    LOG_INFO("--prefetch-files given but fs_prefetch.enable is false: not prefetching");
+  }
 
   FuseServerOptions server_options;
   server_options.mountpoint = resolved;
   server_options.max_threads = cl.threads;
-  return serve_fuse(filesystem, server_options);
+  const int rc = serve_fuse(filesystem, server_options);
+  if (prefetcher) prefetcher->stop();
+  log_metrics(backend_metrics, cache_metrics, chunk_reader);
+  return rc;
 }
 
 }  // namespace

@@ -113,26 +113,37 @@ Result<size_t> Filesystem::read(NodeId node, uint64_t offset, std::span<uint8_t>
   if (!attr.ok()) return attr.status();
   if (offset >= attr->size || dst.empty()) return size_t{0};
   const uint64_t length = std::min<uint64_t>(dst.size(), attr->size - offset);
-  auto chunks = image_->chunks(ino, offset, length);
+  // The plan reaches past the read when the reader can use the extra
+  // chunks (merged into the same backend request and cached).
+  uint64_t planned = length;
+  if (reader_->cache_enabled() && options_.amplify_bytes > length)
+    planned = std::min<uint64_t>(options_.amplify_bytes, attr->size - offset);
+  auto chunks = image_->chunks(ino, offset, planned);
   if (!chunks.ok()) return chunks.status();
+  const std::span<const bootstrap::ChunkRef> plan(*chunks);
 
   // One chunk buffer per worker thread: a chunk is at most 16 MiB and FUSE
   // reads of it are usually smaller than the chunk.
   thread_local std::vector<uint8_t> scratch;
   const uint64_t end = offset + length;
   uint64_t filled = offset;  // bytes before this are written (or zeroed)
-  for (const bootstrap::ChunkRef& chunk : *chunks) {
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const bootstrap::ChunkRef& chunk = plan[i];
     const uint64_t chunk_end = chunk.file_offset + chunk.uncompressed_size;
     const uint64_t from = std::max(offset, chunk.file_offset);
     const uint64_t to = std::min(end, chunk_end);
-    if (from >= to) continue;
+    if (from >= to) {
+      if (chunk.file_offset >= end) break;  // the rest is read-ahead only
+      continue;
+    }
+    const auto following = plan.subspan(i + 1);
     if (from > filled) std::memset(dst.data() + (filled - offset), 0, from - filled);  // hole
     uint8_t* out = dst.data() + (from - offset);
     if (from == chunk.file_offset && to == chunk_end) {
-      NYDUS_TRY(reader_->read_chunk(chunk, {out, chunk.uncompressed_size}));
+      NYDUS_TRY(reader_->read_chunk(chunk, {out, chunk.uncompressed_size}, following));
     } else {
       scratch.resize(chunk.uncompressed_size);
-      NYDUS_TRY(reader_->read_chunk(chunk, {scratch.data(), chunk.uncompressed_size}));
+      NYDUS_TRY(reader_->read_chunk(chunk, {scratch.data(), chunk.uncompressed_size}, following));
       std::memcpy(out, scratch.data() + (from - chunk.file_offset), to - from);
     }
     filled = std::max(filled, to);

@@ -43,6 +43,10 @@ struct FsOptions {
   // (no EXPLICIT_UID_GID flag), as nydusd does: the daemon's own ids.
   uint32_t default_uid = 0;
   uint32_t default_gid = 0;
+  // amplify_io: a read also plans this many bytes of the file beyond its
+  // end, so the chunk reader may fetch them in the same backend request
+  // (only when there is a cache to keep them in).
+  uint64_t amplify_bytes = 0;
 };
 
 struct Entry {

@@ -9,6 +9,10 @@ packages=(
   nlohmann-json3-dev liburing-dev catch2 librust-blake3-dev libcli11-dev libtomlplusplus-dev
   libmicrohttpd-dev libarchive-dev
   python3 python3-pytest erofs-utils squashfs-tools squashfuse attr zstd util-linux
+  # registry tests (test/mount/registry_harness.py). docker-registry's postinst
+  # may start the packaged service on :5000 (systemd, or sysv without a denying
+  # policy-rc.d); harmless, the tests run their own registries on free ports.
+  docker-registry apache2-utils python3-jwt python3-cryptography iproute2 openssl curl
 )
 
 missing=()

@@ -75,6 +75,11 @@ class Daemon:
         return rc, time.monotonic() - start
 
 
+def _inside(path, directory):
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory + os.sep)
+
+
 def start_daemon(bootstrap, mountpoint, blob_dir=None, config=None, extra_args=(), log_path=None,
                  wait=10.0):
     """Starts nydusd; returns (Daemon, None) once mounted, or (None, (rc, log)) if it exited."""
@@ -84,6 +89,13 @@ def start_daemon(bootstrap, mountpoint, blob_dir=None, config=None, extra_args=(
         log_path = os.path.join(log_dir, "nydusd.log")
     args = [str(NYDUSD), "fuse", "--bootstrap", str(bootstrap), "--mountpoint", str(mountpoint),
             "--log-level", "info"]
+    if config is None and blob_dir is not None and _inside(blob_dir, FIXTURES):
+        # --localfs-dir keeps the blob cache next to the blobs, as upstream
+        # does; the shared fixtures must stay untouched, so their cache goes
+        # to a private directory instead.
+        cache_dir = tempfile.mkdtemp(prefix="nydusd-cache-")
+        _LOG_DIRS.append(cache_dir)
+        config = write_config(cache_dir, blob_dir, enable_xattr=False)
     if config is not None:
         args += ["--config", str(config)]
     elif blob_dir is not None:
