@@ -237,6 +237,29 @@ void ChunkReader::note_missing(uint32_t blob_index, const Status& status) {
     LOG_DEBUG("blob %s is still missing: %s", id.c_str(), status.message().c_str());
 }
 
+void ChunkReader::note_fetch_failure(uint32_t blob_index, const Status& status) {
+  using Clock = std::chrono::steady_clock;
+  uint64_t suppressed = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    FailureLog& entry = failure_log_[blob_index];
+    const auto now = Clock::now();
+    if (now - entry.last < std::chrono::seconds(1)) {
+      ++entry.suppressed;
+      return;
+    }
+    entry.last = now;
+    suppressed = std::exchange(entry.suppressed, 0);
+  }
+  // At most one line per blob per second: an outage must be visible, but
+  // not bury the log under one line per read.
+  if (suppressed)
+    LOG_ERROR("fetch from blob %s failed (and %llu more since the last report): %s",
+              blobs_[blob_index].id.c_str(), static_cast<unsigned long long>(suppressed), status.message().c_str());
+  else
+    LOG_ERROR("fetch from blob %s failed: %s", blobs_[blob_index].id.c_str(), status.message().c_str());
+}
+
 void ChunkReader::warn_once(uint32_t blob_index, const char* key, const std::string& message) {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -580,6 +603,7 @@ void ChunkReader::fetch_group(const std::vector<ChunkRef>& group,
   const uint64_t total = group.back().compressed_offset + group.back().compressed_size - start;
 
   auto fail_all = [&](const Status& s) {
+    if (s.code() != Code::kNotFound) note_fetch_failure(first.blob_index, s);
     for (size_t i = 0; i < group.size(); ++i)
       finish(flight_key(group[i]), flights[i], in_context(s, chunk_name(blob, group[i].chunk_index), blob), {});
   };

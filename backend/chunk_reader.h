@@ -167,6 +167,9 @@ class ChunkReader {
   Result<ChunkTable> load_chunk_table(uint32_t blob_index);
   // Logs a missing blob once (ERROR), later occurrences at debug level.
   void note_missing(uint32_t blob_index, const Status& status);
+  // Logs a failed backend fetch at ERROR, at most once a second per blob
+  // (the line counts the ones left out).
+  void note_fetch_failure(uint32_t blob_index, const Status& status);
   // Logs `message` at WARN the first time `key` is seen for this blob.
   void warn_once(uint32_t blob_index, const char* key, const std::string& message);
 
@@ -182,6 +185,11 @@ class ChunkReader {
   // even when many threads miss it together.
   std::unordered_map<uint32_t, std::shared_ptr<std::mutex>> table_load_mu_;
   std::unordered_map<std::string, bool> warned_;  // "<blob index>/<key>"
+  struct FailureLog {
+    std::chrono::steady_clock::time_point last{};
+    uint64_t suppressed = 0;
+  };
+  std::unordered_map<uint32_t, FailureLog> failure_log_;
   // Cache files per blob; a null entry means "tried, not usable".
   std::unordered_map<uint32_t, std::unique_ptr<BlobCacheFile>> caches_;
 

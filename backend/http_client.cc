@@ -3,6 +3,7 @@
 #include <curl/curl.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cctype>
 #include <cstring>
 #include <mutex>
@@ -99,8 +100,24 @@ size_t on_body(char* data, size_t size, size_t count, void* user) {
 
 }  // namespace
 
+// Appends the file's bytes to *out; false when it cannot be read.
+static bool append_file(const std::string& path, std::string* out) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  char buf[8192];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out->append(buf, n);
+  std::fclose(f);
+  out->push_back('\n');
+  return true;
+}
+
 struct HttpClient::Shared {
   TlsOptions tls;
+  // libcurl takes one CA source per handle; with extra CA files we pass
+  // them together with the system bundle as one in-memory PEM, read once.
+  std::string ca_blob;
+  std::string ca_error;  // set when a ca_cert_files entry cannot be read
   CURLSH* share = nullptr;
   // One mutex per curl_lock_data kind, as curl's docs recommend.
   std::mutex locks[CURL_LOCK_DATA_LAST];
@@ -142,6 +159,13 @@ struct HttpClient::Shared {
 HttpClient::HttpClient(TlsOptions tls) : shared_(std::make_unique<Shared>()) {
   global_init_once();
   shared_->tls = std::move(tls);
+  for (const std::string& path : shared_->tls.ca_files) {
+    if (!append_file(path, &shared_->ca_blob)) {
+      shared_->ca_error = "cannot read ca_cert_files entry " + path + ": " + std::strerror(errno);
+      break;
+    }
+  }
+  if (!shared_->ca_blob.empty()) append_file("/etc/ssl/certs/ca-certificates.crt", &shared_->ca_blob);
   shared_->share = curl_share_init();
   curl_share_setopt(shared_->share, CURLSHOPT_LOCKFUNC, &Shared::lock);
   curl_share_setopt(shared_->share, CURLSHOPT_UNLOCKFUNC, &Shared::unlock);
@@ -188,29 +212,12 @@ Result<HttpResponse> HttpClient::perform(const HttpRequest& request) {
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
   }
-  // libcurl takes one CAINFO file; further bundles are read through a
-  // combined blob so the system store stays trusted as well.
-  std::string ca_blob;
-  if (!shared_->tls.ca_files.empty()) {
-    for (const std::string& path : shared_->tls.ca_files) {
-      FILE* f = std::fopen(path.c_str(), "rb");
-      if (!f) {
-        shared_->give_back(h);
-        return Status::io("cannot read ca_cert_files entry " + path + ": " + std::strerror(errno));
-      }
-      char buf[8192];
-      size_t n;
-      while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) ca_blob.append(buf, n);
-      std::fclose(f);
-      ca_blob += "\n";
-    }
-    if (FILE* sys = std::fopen("/etc/ssl/certs/ca-certificates.crt", "rb")) {
-      char buf[8192];
-      size_t n;
-      while ((n = std::fread(buf, 1, sizeof buf, sys)) > 0) ca_blob.append(buf, n);
-      std::fclose(sys);
-    }
-    curl_blob blob{ca_blob.data(), ca_blob.size(), CURL_BLOB_NOCOPY};
+  if (!shared_->ca_error.empty()) {
+    shared_->give_back(h);
+    return Status::io(shared_->ca_error);
+  }
+  if (!shared_->ca_blob.empty()) {
+    curl_blob blob{shared_->ca_blob.data(), shared_->ca_blob.size(), CURL_BLOB_NOCOPY};
     curl_easy_setopt(h, CURLOPT_CAINFO_BLOB, &blob);
   }
 

@@ -123,8 +123,9 @@ Result<std::vector<bootstrap::ChunkRef>> make_prefetch_plan(const bootstrap::Ima
 
 // One line of counters at exit: where the bytes came from.
 void log_metrics(const backend::BackendMetrics& backend, const backend::CacheMetrics& cache,
-                 backend::ChunkReader& reader) {
+                 backend::ChunkReader& reader, uint64_t fuse_bytes_read) {
   const double mib = 1 << 20;
+  LOG_INFO("metrics: %llu bytes read through FUSE", static_cast<unsigned long long>(fuse_bytes_read));
   LOG_INFO("metrics: %llu chunk reads, %llu cache hits (%.1f MiB), %llu backend requests for %llu chunks "
            "(%.1f MiB raw), %llu single-flight waits, %llu corrupt fetches, prefetch %llu/%llu chunks",
            static_cast<unsigned long long>(cache.chunk_reads.load()),
@@ -282,7 +283,7 @@ int run(const CommandLine& cl) {
   server_options.max_threads = cl.threads;
   const int rc = serve_fuse(filesystem, server_options);
   if (prefetcher) prefetcher->stop();
-  log_metrics(backend_metrics, cache_metrics, chunk_reader);
+  log_metrics(backend_metrics, cache_metrics, chunk_reader, filesystem.bytes_read());
   return rc;
 }
 

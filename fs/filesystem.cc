@@ -149,6 +149,7 @@ Result<size_t> Filesystem::read(NodeId node, uint64_t offset, std::span<uint8_t>
     filled = std::max(filled, to);
   }
   if (filled < end) std::memset(dst.data() + (filled - offset), 0, end - filled);  // trailing hole
+  bytes_read_.fetch_add(length, std::memory_order_relaxed);
   return static_cast<size_t>(length);
 }
 

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -61,6 +62,8 @@ class Filesystem {
 
   const bootstrap::Image& image() const { return *image_; }
   const FsOptions& options() const { return options_; }
+  // File bytes returned by read() so far (upstream's data_read).
+  uint64_t bytes_read() const { return bytes_read_.load(std::memory_order_relaxed); }
 
   NodeId node_of(bootstrap::Ino ino) const;
   bootstrap::Ino ino_of(NodeId node) const;
@@ -98,6 +101,7 @@ class Filesystem {
 
   std::unique_ptr<bootstrap::Image> image_;
   std::unique_ptr<backend::ChunkReader> reader_;
+  mutable std::atomic<uint64_t> bytes_read_{0};
   FsOptions options_;
   bootstrap::Ino root_ino_;
   uint64_t node_bias_;  // node = ino + node_bias_ for every non-root inode

@@ -381,3 +381,93 @@ def test_upstream_fixture_image_from_registry(tmp_path):
         with mounted(fixture_path("bootstrap/rafs-v6-2.2.boot"), config=write(tmp_path, config)) as d:
             digest = sha256_file(d.mountpoint / "lib.rs")
         assert digest == "1810eba864521293bb0d6b55a3c82318d4d89f294ed761c456d9088a17de0c69"
+
+
+def test_redirects_are_followed_cached_and_re_resolved_on_403(image, tmp_path):
+    """The origin answers blob GETs with 307 to a storage host (here a
+    second proxy in front of the same registry). nydusd follows it, keeps
+    using the cached target, and asks the origin again after a 403."""
+    with rh.Registry() as registry:
+        pushed = rh.push_image(registry, REPO, image["bootstrap"], image["blobs"])
+        blob_id = pushed.blob_ids[0]
+        with rh.FaultProxy(registry.url) as origin, rh.FaultProxy(registry.url) as storage:
+            target = f"{storage.url}/v2/{REPO}/blobs/sha256:{blob_id}"
+            redirect = origin.fail(times=None, status=307, path=BLOB_PATH, method="GET",
+                                   headers={"Location": target})
+            config = registry_config(tmp_path, f"127.0.0.1:{origin.port}")
+            config["amplify_io"] = 0
+            with mounted(image["bootstrap"], config=write(tmp_path, config)) as d:
+                files = sorted(image["digests"])
+                for name in files[:6]:
+                    assert sha256_file(d.mountpoint / name) == image["digests"][name]
+                assert redirect.hits == 1, "the redirect target was not cached"
+                assert storage.count(method="GET") > 1
+                # The storage URL "expires": one 403, then the origin again.
+                expired = storage.fail(times=1, status=403, path=BLOB_PATH, method="GET")
+                for name in files[6:12]:
+                    assert sha256_file(d.mountpoint / name) == image["digests"][name]
+                assert expired.hits == 1
+                assert redirect.hits == 2
+            # The registry's credentials never travel to the storage host.
+            assert not any(r.headers.get("Authorization") for r in storage.requests)
+
+
+def test_skip_verify_reads_from_a_registry_with_an_untrusted_certificate(image, tmp_path):
+    with rh.Registry(tls=True) as registry:
+        rh.push_image(registry, REPO, image["bootstrap"], image["blobs"])
+        untrusted = tmp_path / "untrusted"
+        untrusted.mkdir()
+        config = registry_config(untrusted, registry.host, "https", retry_limit=0)
+        with mounted(image["bootstrap"], config=write(untrusted, config)) as d:
+            with pytest.raises(OSError):
+                (d.mountpoint / sorted(image["digests"])[0]).read_bytes()
+            assert "certificate" in d.log()
+        trusted = tmp_path / "skip"
+        trusted.mkdir()
+        config = registry_config(trusted, registry.host, "https", skip_verify=True)
+        with mounted(image["bootstrap"], config=write(trusted, config)) as d:
+            assert read_all(d.mountpoint) == image["digests"]
+
+
+def test_prefetch_fills_the_cache_then_reads_need_no_requests(image, tmp_path):
+    with rh.Registry() as registry:
+        rh.push_image(registry, REPO, image["bootstrap"], image["blobs"])
+        with rh.FaultProxy(registry.url) as proxy:
+            config = registry_config(tmp_path, f"127.0.0.1:{proxy.port}")
+            config["fs_prefetch"] = {"enable": True, "threads_count": 4, "merging_size": 1 << 20,
+                                     "bandwidth_rate": 0}
+            with mounted(image["bootstrap"], config=write(tmp_path, config)) as d:
+                deadline = time.monotonic() + 20
+                while "prefetch: done" not in d.log() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert "prefetch: done" in d.log()
+                mark = proxy.mark()
+                assert read_all(d.mountpoint) == image["digests"]
+                assert proxy.count(since=mark) == 0
+            assert "(fully cached)" in d.log()
+
+
+def test_prefetch_files_and_bandwidth_limit_never_delay_on_demand_reads(image, tmp_path):
+    """--prefetch-files names one directory; prefetch is capped at 256 KiB/s
+    so it runs for seconds, and an on-demand read of another file meanwhile
+    finishes long before it."""
+    with rh.Registry() as registry:
+        rh.push_image(registry, REPO, image["bootstrap"], image["blobs"])
+        with rh.FaultProxy(registry.url) as proxy:
+            config = registry_config(tmp_path, f"127.0.0.1:{proxy.port}")
+            config["fs_prefetch"] = {"enable": True, "threads_count": 2, "merging_size": 256 << 10,
+                                     "bandwidth_rate": 256 << 10}
+            listing = tmp_path / "prefetch.list"
+            listing.write_text("/lib/python\n/does/not/exist\n")
+            with mounted(image["bootstrap"], config=write(tmp_path, config),
+                         extra_args=["--prefetch-files", str(listing)]) as d:
+                time.sleep(0.3)
+                top_level = [n for n in sorted(image["digests"]) if "/" not in n]
+                name = max(top_level, key=lambda n: (d.mountpoint / n).stat().st_size)
+                start = time.monotonic()
+                assert sha256_file(d.mountpoint / name) == image["digests"][name]
+                took = time.monotonic() - start
+                assert "prefetch: done" not in d.log(), "prefetch finished too early to show anything"
+                assert took < 2.0, took
+            log = d.log()
+            assert "/does/not/exist is not in the image" in log
