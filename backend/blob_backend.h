@@ -44,6 +44,14 @@ class BlobBackend {
 
   // "localfs", "registry", ... as in the config and /metrics/backend.
   virtual std::string type() const = 0;
+
+  // Replaces the credentials (base64 of user:password) used from the next
+  // request on (PUT /api/v1/config registry_auth). kUnsupported for
+  // backends without credentials.
+  virtual Status update_auth(const std::string& auth) {
+    (void)auth;
+    return Status::unsupported("backend " + type() + " has no credentials");
+  }
 };
 
 }  // namespace nydus::backend

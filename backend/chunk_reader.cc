@@ -694,6 +694,31 @@ Status ChunkReader::read_chunk(const ChunkRef& in, std::span<uint8_t> dst, std::
   return Status::Ok();
 }
 
+Status ChunkReader::read_chunk_range(const ChunkRef& chunk, uint64_t offset_in_chunk, std::span<uint8_t> dst,
+                                     std::span<const ChunkRef> following) {
+  if (offset_in_chunk > chunk.uncompressed_size || dst.size() > chunk.uncompressed_size - offset_in_chunk)
+    return Status::invalid("range [" + std::to_string(offset_in_chunk) + ", +" + std::to_string(dst.size()) +
+                           ") is outside chunk " + std::to_string(chunk.chunk_index) + " of " +
+                           std::to_string(chunk.uncompressed_size) + " bytes");
+  if (chunk.blob_index < blobs_.size() && !options_.cache_validate && !options_.validate_digest) {
+    BlobCacheFile* cache = cache_for(chunk.blob_index);
+    if (cache && cache->is_ready(chunk.chunk_index) &&
+        cache->read(chunk.chunk_index, chunk.uncompressed_offset + offset_in_chunk, dst).ok()) {
+      metrics_->chunk_reads.fetch_add(1, std::memory_order_relaxed);
+      metrics_->cache_hits.fetch_add(1, std::memory_order_relaxed);
+      metrics_->cache_hit_bytes.fetch_add(dst.size(), std::memory_order_relaxed);
+      return Status::Ok();
+    }
+  }
+  // One buffer per thread: a chunk is at most 16 MiB and FUSE reads are
+  // usually smaller than the chunk.
+  thread_local std::vector<uint8_t> whole;
+  whole.resize(chunk.uncompressed_size);
+  NYDUS_TRY(read_chunk(chunk, whole, following));
+  std::memcpy(dst.data(), whole.data() + offset_in_chunk, dst.size());
+  return Status::Ok();
+}
+
 Status ChunkReader::ensure_cached(std::span<const ChunkRef> chunks, uint64_t merge_bytes, uint64_t* fetched_bytes) {
   Status first_error;
   size_t i = 0;

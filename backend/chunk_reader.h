@@ -96,6 +96,12 @@ class ChunkReader {
   Status read_chunk(const bootstrap::ChunkRef& chunk, std::span<uint8_t> dst,
                     std::span<const bootstrap::ChunkRef> following = {});
 
+  // Bytes [offset_in_chunk, offset_in_chunk + dst.size()) of the chunk. A
+  // cached chunk is read in just that range (unless cached chunks are
+  // validated, which needs all of it); otherwise as read_chunk.
+  Status read_chunk_range(const bootstrap::ChunkRef& chunk, uint64_t offset_in_chunk, std::span<uint8_t> dst,
+                          std::span<const bootstrap::ChunkRef> following = {});
+
   // Prefetch: makes sure `chunks` (in blob order) are in the cache, merging
   // contiguous ones into backend reads of at most merge_bytes. Waits while
   // on-demand fetches are in flight. Returns the first error; chunks

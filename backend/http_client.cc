@@ -198,6 +198,7 @@ Result<HttpResponse> HttpClient::perform(const HttpRequest& request) {
   curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
   curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(h, CURLOPT_USERAGENT, "nydusd (nydus-p2p)");
   curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
   // Identity encoding only: byte ranges of compressed blobs must arrive as
   // stored.

@@ -84,6 +84,7 @@ class RegistryState {
       mirror->counters = &metrics_->source("mirror " + mirror->base);
       mirrors_.push_back(std::move(mirror));
     }
+    auth_ = config_.auth;
     if (!config_.registry_token.empty()) auth_header_ = "Bearer " + config_.registry_token;
     if (!mirrors_.empty() || !config_.proxy.ping_url.empty())
       health_thread_ = std::thread([this] { health_loop(); });
@@ -156,6 +157,20 @@ class RegistryState {
 
   BackendMetrics& metrics() { return *metrics_; }
 
+  // PUT /api/v1/config registry_auth: new credentials for the next
+  // challenge. The cached header is dropped so the next request
+  // authenticates afresh.
+  void set_credentials(const std::string& auth) {
+    std::lock_guard<std::mutex> g(auth_mu_);
+    auth_ = auth;
+    auth_header_.clear();
+    bearer_.reset();
+  }
+  std::string credentials() const {
+    std::lock_guard<std::mutex> g(auth_mu_);
+    return auth_;
+  }
+
  private:
   HttpRequest base_request(const std::string& method) const {
     HttpRequest req;
@@ -196,7 +211,7 @@ class RegistryState {
     HttpRequest req = base_request("POST");
     req.url = challenge.realm;
     req.headers.push_back("Content-Type: application/x-www-form-urlencoded");
-    if (!config_.auth.empty()) req.headers.push_back("Authorization: Basic " + config_.auth);
+    if (const std::string auth = credentials(); !auth.empty()) req.headers.push_back("Authorization: Basic " + auth);
     req.body = params;
     Result<HttpResponse> res = Status::io("not sent");
     if (!token_via_get_.load()) {
@@ -264,8 +279,9 @@ class RegistryState {
     }
     std::string header;
     if (challenge->scheme == "Basic") {
-      if (config_.auth.empty()) return res;
-      header = "Basic " + config_.auth;
+      const std::string auth = credentials();
+      if (auth.empty()) return res;
+      header = "Basic " + auth;
     } else {
       NYDUS_ASSIGN(const std::string token, fetch_token(*challenge));
       header = "Bearer " + token;
@@ -421,7 +437,8 @@ class RegistryState {
   SourceCounters* origin_counters_ = nullptr;
   SourceCounters* proxy_counters_ = nullptr;
 
-  std::mutex auth_mu_;
+  mutable std::mutex auth_mu_;
+  std::string auth_;                        // base64(user:pass), replaceable at run time
   std::string auth_header_;                 // "Bearer …" / "Basic …" / ""
   std::optional<AuthChallenge> bearer_;     // the challenge to refresh the token with
   Clock::time_point refresh_at_{};
@@ -557,6 +574,11 @@ class RegistryBackend final : public BlobBackend {
   }
 
   std::string type() const override { return "registry"; }
+
+  Status update_auth(const std::string& auth) override {
+    state_->set_credentials(auth);
+    return Status::Ok();
+  }
 
  private:
   const std::shared_ptr<RegistryState> state_;

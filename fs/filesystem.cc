@@ -122,9 +122,6 @@ Result<size_t> Filesystem::read(NodeId node, uint64_t offset, std::span<uint8_t>
   if (!chunks.ok()) return chunks.status();
   const std::span<const bootstrap::ChunkRef> plan(*chunks);
 
-  // One chunk buffer per worker thread: a chunk is at most 16 MiB and FUSE
-  // reads of it are usually smaller than the chunk.
-  thread_local std::vector<uint8_t> scratch;
   const uint64_t end = offset + length;
   uint64_t filled = offset;  // bytes before this are written (or zeroed)
   for (size_t i = 0; i < plan.size(); ++i) {
@@ -142,9 +139,7 @@ Result<size_t> Filesystem::read(NodeId node, uint64_t offset, std::span<uint8_t>
     if (from == chunk.file_offset && to == chunk_end) {
       NYDUS_TRY(reader_->read_chunk(chunk, {out, chunk.uncompressed_size}, following));
     } else {
-      scratch.resize(chunk.uncompressed_size);
-      NYDUS_TRY(reader_->read_chunk(chunk, {scratch.data(), chunk.uncompressed_size}, following));
-      std::memcpy(out, scratch.data() + (from - chunk.file_offset), to - from);
+      NYDUS_TRY(reader_->read_chunk_range(chunk, from - chunk.file_offset, {out, to - from}, following));
     }
     filled = std::max(filled, to);
   }
