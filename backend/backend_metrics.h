@@ -28,12 +28,23 @@ struct SourceCounters {
 };
 
 // Backend latency buckets in milliseconds, as upstream's
-// read_cumulative_latency_millis_dist: <=1, <=20, <=50, <=100, <=500,
-// <=1000, <=2000, >2000.
+// latency_millis_range_index (utils/src/metrics.rs): <=1, <=20, <=50,
+// <=100, <=500, <=1000, <=2000, >2000. The latency axis of
+// read_latency_sizes_dist.
 inline size_t latency_bucket_ms(uint64_t ms) {
   static constexpr uint64_t kBounds[] = {1, 20, 50, 100, 500, 1000, 2000};
   size_t i = 0;
   while (i < 7 && ms > kBounds[i]) ++i;
+  return i;
+}
+
+// Request-size buckets, as upstream's request_size_index
+// (utils/src/metrics.rs): <1K, <4K, <16K, <64K, <128K, <512K, <1M, >=1M.
+// Used by the backend size dists and by the filesystem's block_count_read.
+inline size_t size_bucket(uint64_t bytes) {
+  static constexpr uint64_t kBounds[] = {1u << 10, 4u << 10, 16u << 10, 64u << 10, 128u << 10, 512u << 10, 1u << 20};
+  size_t i = 0;
+  while (i < 7 && bytes >= kBounds[i]) ++i;
   return i;
 }
 
@@ -60,16 +71,29 @@ class BackendMetrics {
   std::atomic<uint64_t> read_errors{0};
   std::atomic<uint64_t> read_amount_total{0};
   std::atomic<uint64_t> read_latency_ms_total{0};
-  std::atomic<uint64_t> read_latency_dist[8] = {};
+  std::atomic<uint64_t> read_latency_dist[8] = {};  // count per latency_bucket_ms
+  // By request size (size_bucket of `bytes`), as upstream's BackendMetrics:
+  // milliseconds summed, request count, and count per [size][latency].
+  std::atomic<uint64_t> read_cumulative_latency_millis_dist[8] = {};
+  std::atomic<uint64_t> read_count_block_size_dist[8] = {};
+  std::atomic<uint64_t> read_latency_sizes_dist[8][8] = {};
 
+  // One backend request. `bytes` is what it delivered (0 for a failure, so
+  // failed requests land in the smallest size bucket; upstream buckets them
+  // by the requested length instead).
   void record_read(uint64_t bytes, std::chrono::steady_clock::duration took, bool ok) {
     const auto ms = static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    const size_t lat = latency_bucket_ms(ms);
+    const size_t size = size_bucket(bytes);
     read_count.fetch_add(1, std::memory_order_relaxed);
     if (!ok) read_errors.fetch_add(1, std::memory_order_relaxed);
     read_amount_total.fetch_add(bytes, std::memory_order_relaxed);
     read_latency_ms_total.fetch_add(ms, std::memory_order_relaxed);
-    read_latency_dist[latency_bucket_ms(ms)].fetch_add(1, std::memory_order_relaxed);
+    read_latency_dist[lat].fetch_add(1, std::memory_order_relaxed);
+    read_cumulative_latency_millis_dist[size].fetch_add(ms, std::memory_order_relaxed);
+    read_count_block_size_dist[size].fetch_add(1, std::memory_order_relaxed);
+    read_latency_sizes_dist[size][lat].fetch_add(1, std::memory_order_relaxed);
   }
 
  private:

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -20,10 +21,19 @@ namespace {
 
 class LocalFsReader final : public BlobReader {
  public:
-  LocalFsReader(UniqueFd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
+  LocalFsReader(UniqueFd fd, std::string path, BackendMetrics* metrics)
+      : fd_(std::move(fd)), path_(std::move(path)), metrics_(metrics) {}
 
   Result<size_t> try_read(uint64_t offset, std::span<uint8_t> dst) override {
     if (dst.empty()) return size_t{0};
+    if (!metrics_) return read_once(offset, dst);
+    const auto start = std::chrono::steady_clock::now();
+    auto n = read_once(offset, dst);
+    metrics_->record_read(n.ok() ? *n : 0, std::chrono::steady_clock::now() - start, n.ok());
+    return n;
+  }
+
+  Result<size_t> read_once(uint64_t offset, std::span<uint8_t> dst) {
     if (offset > static_cast<uint64_t>(std::numeric_limits<off_t>::max()))
       return Status::io("read of " + path_ + " at offset " + std::to_string(offset) +
                         " is out of range");
@@ -48,6 +58,7 @@ class LocalFsReader final : public BlobReader {
   // position, so the fd needs no lock.
   const UniqueFd fd_;
   const std::string path_;
+  BackendMetrics* const metrics_;
 };
 
 // Opens `path` as a blob. Ok(invalid fd) when the file does not exist, so
@@ -103,7 +114,7 @@ class LocalFsBackend final : public BlobBackend {
         return Status::not_found("blob " + blob_id + " not found: blob_file " + config_.blob_file +
                                  " does not exist");
       return std::shared_ptr<BlobReader>(
-          std::make_shared<LocalFsReader>(std::move(fd), config_.blob_file));
+          std::make_shared<LocalFsReader>(std::move(fd), config_.blob_file, config_.metrics));
     }
     if (config_.dir.empty() && config_.alt_dirs.empty())
       return Status::invalid("localfs backend: neither dir nor blob_file is configured");
@@ -115,7 +126,7 @@ class LocalFsBackend final : public BlobBackend {
       const std::string path = join(dir, blob_id);
       NYDUS_ASSIGN(UniqueFd fd, open_blob_file(path));
       if (!fd.valid()) return std::shared_ptr<BlobReader>();
-      return std::shared_ptr<BlobReader>(std::make_shared<LocalFsReader>(std::move(fd), path));
+      return std::shared_ptr<BlobReader>(std::make_shared<LocalFsReader>(std::move(fd), path, config_.metrics));
     };
     NYDUS_ASSIGN(auto reader, try_dir(config_.dir));
     if (reader) return reader;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend_metrics.h"
 #include "backend/blob_backend.h"
 
 namespace nydus::backend {
@@ -16,6 +17,7 @@ struct LocalFsConfig {
   std::string dir;
   std::string blob_file;
   std::vector<std::string> alt_dirs;
+  BackendMetrics* metrics = nullptr;  // optional; must outlive the backend
 };
 
 std::unique_ptr<BlobBackend> make_localfs_backend(LocalFsConfig config);

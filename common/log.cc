@@ -107,6 +107,10 @@ bool log_to_file(const std::string& path, unsigned long long rotation_bytes) {
   return true;
 }
 
+namespace {
+std::atomic<ErrorSink> g_error_sink{nullptr};
+}  // namespace
+
 void write(Level level, const char* file, int line, const char* fmt, ...) {
   char buf[4096];
   timespec now{};
@@ -124,12 +128,21 @@ void write(Level level, const char* file, int line, const char* fmt, ...) {
   va_end(ap);
   size_t len = static_cast<size_t>(n) + (m < 0 ? 0 : std::min<size_t>(static_cast<size_t>(m), sizeof buf - static_cast<size_t>(n) - 2));
   buf[len++] = '\n';
-  std::lock_guard<std::mutex> lock(g_sink_mu);
-  ssize_t w = ::write(g_fd, buf, len);
-  if (w > 0 && g_fd != STDERR_FILENO) {
-    g_written += static_cast<unsigned long long>(w);
-    if (g_rotation_bytes > 0 && g_written >= g_rotation_bytes) rotate_locked();
+  {
+    std::lock_guard<std::mutex> lock(g_sink_mu);
+    ssize_t w = ::write(g_fd, buf, len);
+    if (w > 0 && g_fd != STDERR_FILENO) {
+      g_written += static_cast<unsigned long long>(w);
+      if (g_rotation_bytes > 0 && g_written >= g_rotation_bytes) rotate_locked();
+    }
+  }
+  // Outside the lock: the sink may take its own locks (never log).
+  if (level == Level::kError) {
+    if (ErrorSink sink = g_error_sink.load(std::memory_order_acquire))
+      sink(std::string_view(buf + n, len - static_cast<size_t>(n) - 1));
   }
 }
+
+void set_error_sink(ErrorSink sink) { g_error_sink.store(sink, std::memory_order_release); }
 
 }  // namespace nydus::log

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 namespace nydus::log {
 
@@ -25,6 +26,12 @@ Level level();
 // (the 10 newest rotated files are kept). Returns false with errno set on
 // failure; logging then stays on the previous sink.
 bool log_to_file(const std::string& path, unsigned long long rotation_bytes);
+
+// Receives the message text (without timestamp, level and newline) of
+// every ERROR line, on the logging thread, after the line is written.
+// Feeds GET /api/v1/daemon/events. The sink must not log. nullptr = none.
+using ErrorSink = void (*)(std::string_view message);
+void set_error_sink(ErrorSink sink);
 
 void write(Level level, const char* file, int line, const char* fmt, ...)
     __attribute__((format(printf, 4, 5)));

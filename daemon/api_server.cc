@@ -361,7 +361,7 @@ MHD_Result ApiServer::Impl::reply(MHD_Connection* conn, RequestContext* ctx, Api
   MHD_Response* r = MHD_create_response_from_buffer(response.body.size(), response.body.data(),
                                                     MHD_RESPMEM_MUST_COPY);
   if (r == nullptr) return MHD_NO;
-  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, response.content_type.c_str());
   MHD_add_response_header(r, MHD_HTTP_HEADER_SERVER, "Nydus API");
   MHD_Result ret = MHD_queue_response(conn, static_cast<unsigned>(response.status), r);
   MHD_destroy_response(r);
@@ -421,19 +421,33 @@ Status ApiServer::Impl::start() {
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof addr.sun_path)
     return Status::invalid("api: socket path '" + path + "' is empty or too long");
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  // Bound under a temporary name, listening, then renamed into place: a
+  // client that sees the path (the snapshotter polls for it) can connect at
+  // once, never "connection refused" between bind and listen. Paths too
+  // long for the temporary name are bound directly.
+  std::string bind_path = path + ".tmp" + std::to_string(getpid());
+  if (bind_path.size() >= sizeof addr.sun_path) bind_path = path;
+  std::memcpy(addr.sun_path, bind_path.c_str(), bind_path.size() + 1);
 
   // As upstream: whatever is at the path goes (a stale socket of a dead daemon).
   if (unlink(path.c_str()) != 0 && errno != ENOENT)
     return Status::io("api: cannot remove " + path + ": " + std::strerror(errno));
+  if (bind_path != path) unlink(bind_path.c_str());
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return Status::io(std::string("api: socket: ") + std::strerror(errno));
   auto fail = [&](const std::string& what) {
     int err = errno;
     close(fd);
-    return Status::io("api: " + what + " " + path + ": " + std::strerror(err));
+    unlink(bind_path.c_str());
+    return Status::io("api: " + what + " " + bind_path + ": " + std::strerror(err));
   };
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return fail("bind");
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    int err = errno;
+    close(fd);
+    return Status::io("api: bind " + bind_path + ": " + std::strerror(err));
+  }
+  if (listen(fd, SOMAXCONN) != 0) return fail("listen");
+  if (bind_path != path && rename(bind_path.c_str(), path.c_str()) != 0) return fail("rename to " + path + ":");
   struct stat st {};
   if (stat(path.c_str(), &st) != 0) {
     Status s = fail("stat");
@@ -442,11 +456,6 @@ Status ApiServer::Impl::start() {
   }
   sock_dev_ = st.st_dev;
   sock_ino_ = st.st_ino;
-  if (listen(fd, SOMAXCONN) != 0) {
-    Status s = fail("listen");
-    unlink(path.c_str());
-    return s;
-  }
 
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
   const char* poller = "select";

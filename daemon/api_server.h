@@ -87,9 +87,15 @@ struct ApiRequest {
 struct ApiResponse {
   int status = 204;
   std::string body;  // JSON text; empty for 204
+  // Every upstream endpoint answers JSON; only the Prometheus exposition
+  // (our addition) sets another type.
+  std::string content_type = "application/json";
 
   static ApiResponse json(std::string json_text) { return {200, std::move(json_text)}; }
   static ApiResponse no_content() { return {204, {}}; }
+  static ApiResponse prometheus(std::string text) {
+    return {200, std::move(text), "text/plain; version=0.0.4; charset=utf-8"};
+  }
   // An upstream-shaped error: `status` with the body
   // {"code":"UNDEFINED","message":<message, JSON-escaped>}. Invalid UTF-8
   // in `message` is replaced, never thrown about.

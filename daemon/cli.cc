@@ -48,10 +48,13 @@ void add_fuse_flags(CLI::App& app, CommandLine* cl) {
 std::string git_commit() { return NYDUS_GIT_COMMIT; }
 std::string package_version() { return "v0.1.0-nydus-p2p"; }
 
+std::string build_time() { return std::string(__DATE__) + " " + __TIME__; }
+std::string build_profile() { return "release"; }
+std::string compiler_version() { return "none (C++20 nydus-p2p)"; }
+
 std::string version_text() {
-  return "nydusd \rVersion: \t" + package_version() + "\nGit Commit: \t" + git_commit() +
-         "\nBuild Time: \t" + __DATE__ + " " + __TIME__ + "\nProfile: \trelease\nRustc: \t\tnone (C++20 " +
-         "nydus-p2p)\n";
+  return "nydusd \rVersion: \t" + package_version() + "\nGit Commit: \t" + git_commit() + "\nBuild Time: \t" +
+         build_time() + "\nProfile: \t" + build_profile() + "\nRustc: \t\t" + compiler_version() + "\n";
 }
 
 std::optional<int> parse_command_line(int argc, char** argv, CommandLine* cl) {

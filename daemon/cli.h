@@ -53,5 +53,9 @@ std::optional<int> parse_command_line(int argc, char** argv, CommandLine* out);
 std::string version_text();
 std::string git_commit();
 std::string package_version();
+// The other --version lines, also reported by GET /api/v1/daemon.
+std::string build_time();
+std::string build_profile();
+std::string compiler_version();
 
 }  // namespace nydus::daemon

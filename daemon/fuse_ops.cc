@@ -13,9 +13,18 @@
 namespace nydus::daemon {
 namespace {
 
+using fs::Fop;
+
 constexpr unsigned kMaxIoBytes = 1u << 20;  // max_write / max_read
 
 FuseContext& ctx(fuse_req_t req) { return *static_cast<FuseContext*>(fuse_req_userdata(req)); }
+
+// Times one op on `node` for the mount's metrics (all no-ops without them).
+// Declared first in each op so that it also sees the reply; an op that
+// returns or throws without calling success() counts as an error.
+fs::FopTimer timed(const FuseContext& c, Fop fop, fuse_ino_t node) {
+  return fs::FopTimer(c.metrics, fop, c.metrics ? c.fs->ino_of(node) : fs::kNoInode);
+}
 
 // Zero-message open/opendir (kernel 4.19 / 5.1): once open (opendir) answers
 // ENOSYS, the kernel stops sending OPEN and RELEASE (OPENDIR, RELEASEDIR)
@@ -25,6 +34,10 @@ FuseContext& ctx(fuse_req_t req) { return *static_cast<FuseContext*>(fuse_req_us
 // writable opens in the VFS. What is saved is two round trips per file
 // opened: with 40k small files they cost more than reading the page cache
 // (examples/bench-read.sh). A property of the kernel, so one flag per process.
+// Metrics: that one ENOSYS-answered OPEN counts as an open hit (not in
+// nr_opens, as no RELEASE follows); after it the kernel sends no OPEN or
+// RELEASE, so fop_hits[open]/[release] and nr_opens stay put (upstream,
+// which never answers ENOSYS, does not count opens at all).
 std::atomic<bool> g_no_open{false};
 std::atomic<bool> g_no_opendir{false};
 
@@ -85,10 +98,13 @@ void op_init(void* userdata, fuse_conn_info* conn) {
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   guarded(req, "lookup", [&] {
+    auto timer = timed(ctx(req), Fop::kLookup, parent);
     auto entry = ctx(req).fs->lookup(parent, name);
     if (!entry.ok()) {
       if (entry.status().code() == Code::kNotFound) {
         // Negative entry, cached like a positive one: the image is immutable.
+        // A hit, as upstream counts it.
+        timer.success();
         fuse_entry_param e{};
         e.entry_timeout = ctx(req).entry_timeout;
         fuse_reply_entry(req, &e);
@@ -97,39 +113,53 @@ void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
       fuse_reply_err(req, entry.status().to_errno());
       return;
     }
+    timer.success();
     fuse_entry_param e = make_entry(ctx(req), *entry);
     fuse_reply_entry(req, &e);
   });
 }
 
 // Node ids are a pure function of the image: nothing to release.
-void op_forget(fuse_req_t req, fuse_ino_t, uint64_t) { fuse_reply_none(req); }
-void op_forget_multi(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
+void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t) {
+  auto timer = timed(ctx(req), Fop::kForget, ino);
+  timer.success();
+  fuse_reply_none(req);
+}
+void op_forget_multi(fuse_req_t req, size_t, fuse_forget_data*) {
+  fs::FopTimer timer(ctx(req).metrics, Fop::kBatchForget, fs::kNoInode);
+  timer.success();
+  fuse_reply_none(req);
+}
 
 void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   guarded(req, "getattr", [&] {
+    auto timer = timed(ctx(req), Fop::kGetattr, ino);
     auto attr = ctx(req).fs->getattr(ino);
     if (!attr.ok()) {
       fuse_reply_err(req, attr.status().to_errno());
       return;
     }
+    timer.success();
     fuse_reply_attr(req, &*attr, ctx(req).attr_timeout);
   });
 }
 
 void op_readlink(fuse_req_t req, fuse_ino_t ino) {
   guarded(req, "readlink", [&] {
+    auto timer = timed(ctx(req), Fop::kReadlink, ino);
     auto target = ctx(req).fs->readlink(ino);
     if (!target.ok()) {
       fuse_reply_err(req, target.status().code() == Code::kInvalidInput ? EINVAL : target.status().to_errno());
       return;
     }
+    timer.success();
     fuse_reply_readlink(req, target->c_str());
   });
 }
 
 void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(req, "opendir", [&] {
+    auto timer = timed(ctx(req), Fop::kOpendir, ino);
     auto attr = ctx(req).fs->getattr(ino);
     if (!attr.ok()) {
       fuse_reply_err(req, attr.status().to_errno());
@@ -139,6 +169,7 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       fuse_reply_err(req, ENOTDIR);
       return;
     }
+    timer.success();
     if (g_no_opendir.load(std::memory_order_relaxed)) {
       fuse_reply_err(req, ENOSYS);  // see g_no_open
       return;
@@ -152,6 +183,7 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
   guarded(req, plus ? "readdirplus" : "readdir", [&] {
     const FuseContext& c = ctx(req);
+    auto timer = timed(c, plus ? Fop::kReaddirplus : Fop::kReaddir, ino);
     size = std::min<size_t>(size, kMaxIoBytes);
     std::vector<char> buf(size);
     size_t used = 0;
@@ -177,6 +209,7 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plu
       fuse_reply_err(req, s.to_errno());
       return;
     }
+    timer.success();
     fuse_reply_buf(req, buf.data(), used);
   });
 }
@@ -191,6 +224,7 @@ void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(req, "open", [&] {
+    auto timer = timed(ctx(req), Fop::kOpen, ino);
     if ((fi->flags & O_ACCMODE) != O_RDONLY) {
       fuse_reply_err(req, EROFS);
       return;
@@ -201,16 +235,20 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       return;
     }
     if (g_no_open.load(std::memory_order_relaxed)) {
+      timer.success_no_release();
       fuse_reply_err(req, ENOSYS);  // see g_no_open
       return;
     }
     fi->keep_cache = 1;  // file content never changes under an inode
-    fuse_reply_open(req, fi);
+    timer.success();
+    // -ENOENT: the open was interrupted and no RELEASE will come for it.
+    if (fuse_reply_open(req, fi) == -ENOENT) timer.failure();
   });
 }
 
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
   guarded(req, "read", [&] {
+    auto timer = timed(ctx(req), Fop::kRead, ino);
     thread_local std::vector<uint8_t> buf;
     size = std::min<size_t>(size, kMaxIoBytes);
     if (buf.size() < size) buf.resize(size);
@@ -227,28 +265,38 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
       fuse_reply_err(req, EIO);
       return;
     }
+    timer.success(*n);
     fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
   });
 }
 
-void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  auto timer = timed(ctx(req), Fop::kRelease, ino);
+  timer.success();
+  fuse_reply_err(req, 0);
+}
 
-void op_statfs(fuse_req_t req, fuse_ino_t) {
+void op_statfs(fuse_req_t req, fuse_ino_t ino) {
   guarded(req, "statfs", [&] {
+    auto timer = timed(ctx(req), Fop::kStatfs, ino);
     struct statvfs sv = ctx(req).fs->statfs();
+    timer.success();
     fuse_reply_statfs(req, &sv);
   });
 }
 
-// Replies to getxattr/listxattr size probes and copies per the xattr(7) rules.
-void reply_xattr_bytes(fuse_req_t req, const std::string& bytes, size_t size) {
+// Replies to getxattr/listxattr size probes and copies per the xattr(7)
+// rules. False when it answered ERANGE.
+bool reply_xattr_bytes(fuse_req_t req, const std::string& bytes, size_t size) {
   if (size == 0) {
     fuse_reply_xattr(req, bytes.size());
   } else if (size < bytes.size()) {
     fuse_reply_err(req, ERANGE);
+    return false;
   } else {
     fuse_reply_buf(req, bytes.data(), bytes.size());
   }
+  return true;
 }
 
 int xattr_errno(const Status& s) {
@@ -259,17 +307,22 @@ int xattr_errno(const Status& s) {
 
 void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   guarded(req, "getxattr", [&] {
+    auto timer = timed(ctx(req), Fop::kGetxattr, ino);
     auto value = ctx(req).fs->getxattr(ino, name);
     if (!value.ok()) {
+      // ENODATA is an answer, not a failure (upstream counts it a hit).
+      if (value.status().code() == Code::kNoData) timer.success();
       fuse_reply_err(req, xattr_errno(value.status()));
       return;
     }
-    reply_xattr_bytes(req, *value, size);
+    timer.success();
+    if (!reply_xattr_bytes(req, *value, size)) timer.failure();
   });
 }
 
 void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   guarded(req, "listxattr", [&] {
+    auto timer = timed(ctx(req), Fop::kListxattr, ino);
     auto names = ctx(req).fs->listxattr(ino);
     if (!names.ok()) {
       fuse_reply_err(req, xattr_errno(names.status()));
@@ -280,12 +333,14 @@ void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
       packed += n;
       packed.push_back('\0');
     }
+    timer.success();  // even when the buffer is too small, as upstream counts it
     reply_xattr_bytes(req, packed, size);
   });
 }
 
 void op_access(fuse_req_t req, fuse_ino_t ino, int mask) {
   guarded(req, "access", [&] {
+    auto timer = timed(ctx(req), Fop::kAccess, ino);
     auto attr = ctx(req).fs->getattr(ino);
     if (!attr.ok()) {
       fuse_reply_err(req, attr.status().to_errno());
@@ -293,6 +348,7 @@ void op_access(fuse_req_t req, fuse_ino_t ino, int mask) {
     }
     // Permission bits are checked by the kernel (default_permissions); the
     // only thing to refuse here is writing to a read-only image.
+    if (!(mask & W_OK)) timer.success();
     fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
   });
 }

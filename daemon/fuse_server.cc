@@ -53,6 +53,7 @@ int serve_fuse(fs::Filesystem& fs, const FuseServerOptions& options) {
 
   FuseContext context;
   context.fs = &fs;
+  context.metrics = options.metrics;
   std::vector<std::string> argv_storage = {
       "nydusd", "-o", "ro,nosuid,nodev,noatime,default_permissions,allow_other,fsname=rafs"};
   std::vector<char*> argv;
@@ -71,6 +72,7 @@ int serve_fuse(fs::Filesystem& fs, const FuseServerOptions& options) {
     return 1;
   }
   LOG_INFO("mounted rafs at %s with up to %u FUSE threads", options.mountpoint.c_str(), options.max_threads);
+  if (options.on_mounted) options.on_mounted();
 
   // Shutdown signals are blocked in every thread; this one takes them.
   std::atomic<bool> loop_done{false};

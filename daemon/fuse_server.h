@@ -10,15 +10,21 @@
 // called block_shutdown_signals() before starting any other thread.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "fs/filesystem.h"
+#include "fs/fs_metrics.h"
 
 namespace nydus::daemon {
 
 struct FuseServerOptions {
   std::string mountpoint;  // canonical, existing directory
   unsigned max_threads = 4;
+  fs::FsMetrics* metrics = nullptr;  // optional; must outlive serve_fuse()
+  // Called once on the calling thread after the mount exists and before
+  // requests are served (the daemon moves to RUNNING and opens its API).
+  std::function<void()> on_mounted;
 };
 
 // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every

@@ -19,8 +19,12 @@
 #include "backend/registry_backend.h"
 #include "bootstrap/image.h"
 #include "common/log.h"
+#include "daemon/api_server.h"
+#include "daemon/api_v1.h"
 #include "daemon/cli.h"
 #include "daemon/config.h"
+#include "daemon/daemon_service.h"
+#include "daemon/daemon_state.h"
 #include "daemon/fuse_server.h"
 #include "fs/filesystem.h"
 #include "fs/prefetch_plan.h"
@@ -66,8 +70,6 @@ void raise_nofile(uint64_t wanted) {
 // Flags upstream has that this build accepts but does not act on yet. Each
 // is logged, so nothing is silently ignored.
 void warn_unsupported(const CommandLine& cl) {
-  if (!cl.apisock.empty())
-    LOG_WARN("--apisock %s: the admin HTTP API is not supported yet; no socket is created", cl.apisock.c_str());
   if (!cl.supervisor.empty())
     LOG_WARN("--supervisor/--id: failover and hot upgrade are not supported yet");
   if (cl.failover_policy != "resend")
@@ -93,7 +95,7 @@ Result<std::vector<std::string>> read_prefetch_files(const std::string& path) {
 Result<std::unique_ptr<backend::BlobBackend>> make_backend(const BackendConfig& config,
                                                            backend::BackendMetrics* metrics) {
   if (config.type == "localfs") {
-    return backend::make_localfs_backend({config.dir, config.blob_file, config.alt_dirs});
+    return backend::make_localfs_backend({config.dir, config.blob_file, config.alt_dirs, metrics});
   }
   if (config.type == "registry") {
     backend::RegistryConfig registry = config.registry;
@@ -150,6 +152,7 @@ void log_metrics(const backend::BackendMetrics& backend, const backend::CacheMet
 }
 
 int run(const CommandLine& cl) {
+  log::set_error_sink([](std::string_view message) { global_error_events().push(message); });
   if (cl.subcommand == "singleton") {
     LOG_ERROR("the singleton (fscache) service is not supported yet");
     return 1;
@@ -252,6 +255,9 @@ int run(const CommandLine& cl) {
   fs_options.default_uid = getuid();
   fs_options.default_gid = getgid();
   fs_options.amplify_bytes = reader_options.cache ? config->amplify_io : 0;
+  fs::FsMetrics fs_metrics(cl.virtual_mountpoint,
+                           fs::FsMetricsOptions{config->iostats_files, config->access_pattern,
+                                                config->latest_read_files, true});
   backend::ChunkReader& chunk_reader = *reader;
   const bootstrap::Image& image_ref = **image;
   fs::Filesystem filesystem(std::move(image).value(), std::move(reader), fs_options);
@@ -281,7 +287,41 @@ int run(const CommandLine& cl) {
   FuseServerOptions server_options;
   server_options.mountpoint = resolved;
   server_options.max_threads = cl.threads;
+  // The admin API (nydusd-contract.md §1): the socket appears only once
+  // the mount exists and the daemon is RUNNING.
+  DaemonStateMachine state;
+  std::optional<std::string> daemon_id, supervisor;
+  if (!cl.id.empty()) daemon_id = cl.id;
+  if (!cl.supervisor.empty()) supervisor = cl.supervisor;
+  DaemonService service(BuildInfo{package_version(), git_commit(), build_time(), build_profile(), compiler_version()},
+                        daemon_id, supervisor, state);
+  service.add_instance(RafsInstance{cl.virtual_mountpoint, cl.bootstrap, *config, std::chrono::system_clock::now(),
+                                    &filesystem, &chunk_reader, &backend_metrics, &cache_metrics, &fs_metrics});
+  server_options.metrics = &fs_metrics;
+  std::unique_ptr<ApiServer> api;
+  server_options.on_mounted = [&] {
+    (void)state.fire(DaemonEvent::kMount);
+    (void)state.fire(DaemonEvent::kStart);
+    if (cl.apisock.empty()) return;
+    ApiServerOptions api_options;
+    api_options.socket_path = cl.apisock;
+    api = std::make_unique<ApiServer>(api_options);
+    Status s = register_api_v1(*api, service);
+    if (s.ok())
+      s = api->add_route("GET", "/api/v1/metrics/prometheus", BodyRule::kNone,
+                         [&service](const ApiRequest&) { return ApiResponse::prometheus(service.prometheus()); });
+    if (s.ok()) s = api->start();
+    if (!s.ok()) {
+      // Serving the image matters more than the API; say so loudly.
+      LOG_ERROR("admin API on %s not available: %s", cl.apisock.c_str(), s.message().c_str());
+      api.reset();
+    } else {
+      LOG_INFO("admin API listening on %s", cl.apisock.c_str());
+    }
+  };
   const int rc = serve_fuse(filesystem, server_options);
+  (void)state.trigger_stop();
+  if (api) api->stop();
   if (prefetcher) prefetcher->stop();
   log_metrics(backend_metrics, cache_metrics, chunk_reader, filesystem.bytes_read());
   return rc;

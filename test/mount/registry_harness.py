@@ -1366,3 +1366,31 @@ class MirrorProxy(_ProxyBase):
 
 def _proxy_error(status, message):
     return status, [("Content-Type", "text/plain"), ("X-Dragonfly-Error-Type", "proxy")], message.encode()
+
+
+class ForwardProxy(_ProxyBase):
+    """An HTTP forward proxy: requests carry absolute-form targets
+    (GET http://registry/v2/...), as nydusd sends them through `proxy.url`
+    (nydusd-contract.md 2.5; dfdaemon's proxy port). Each is forwarded to the
+    host its URL names; /server/ping and /healthy answer 200 for the
+    `ping_url` probe. Records and faults as FaultProxy (recorded paths are the
+    absolute URLs, so a test can tell proxied requests apart)."""
+
+    PING_PATHS = ("/server/ping", "/healthy")
+
+    def __init__(self, port=0):
+        super().__init__({"main": port})
+
+    @property
+    def ping_url(self):
+        return f"http://127.0.0.1:{self.port}/server/ping"
+
+    def _route(self, handler):
+        url = urllib.parse.urlsplit(handler.path)
+        if not url.scheme:
+            if url.path in self.PING_PATHS:
+                return 200, [], b""
+            return _proxy_error(400, f"not an absolute-form request target: {handler.path}")
+        # Upstream gets the origin form.
+        handler.path = url.path + (f"?{url.query}" if url.query else "")
+        return _Upstream(url.scheme, url.hostname, url.port or (443 if url.scheme == "https" else 80), url.netloc)

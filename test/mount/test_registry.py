@@ -471,3 +471,46 @@ def test_prefetch_files_and_bandwidth_limit_never_delay_on_demand_reads(image, t
                 assert took < 2.0, took
             log = d.log()
             assert "/does/not/exist is not in the image" in log
+
+
+def test_p2p_proxy_is_used_then_bypassed_then_used_again(image, tmp_path):
+    """`proxy` (nydusd-contract.md 2.5): requests go through the forward
+    proxy; while it is down, `fallback` sends them to the registry; once its
+    ping_url answers again the proxy carries them again."""
+    with rh.Registry() as registry, rh.ForwardProxy() as proxy:
+        rh.push_image(registry, REPO, image["bootstrap"], image["blobs"])
+        config = registry_config(tmp_path, registry.host, timeout=2, connect_timeout=1, retry_limit=1)
+        config["device"]["backend"]["config"]["proxy"] = {
+            "url": proxy.url, "ping_url": proxy.ping_url, "fallback": True, "check_interval": 1}
+        config["amplify_io"] = 0
+        files = sorted(image["digests"])
+        with mounted(image["bootstrap"], config=write(tmp_path, config)) as d:
+            for name in files[:8]:
+                assert sha256_file(d.mountpoint / name) == image["digests"][name]
+            proxied = [r for r in proxy.requests if r.method == "GET" and "/blobs/sha256:" in r.path]
+            assert proxied and all(r.path.startswith(f"http://{registry.host}/v2/") for r in proxied)
+            proxy.down()
+            origin_before = registry.blob_gets()
+            for name in files[8:16]:
+                assert sha256_file(d.mountpoint / name) == image["digests"][name]
+            assert registry.blob_gets() > origin_before
+            proxy.up()
+            time.sleep(2.5)
+            mark = proxy.mark()
+            for name in files[16:]:
+                assert sha256_file(d.mountpoint / name) == image["digests"][name]
+            assert proxy.count(method="GET", since=mark) > 0, "the recovered proxy was not used again"
+
+
+def test_registry_token_given_up_front(image, tmp_path):
+    """`registry_token`: a bearer token supplied in the config is used as is;
+    no token request is made while it is valid."""
+    with rh.TokenServer() as tokens, rh.Registry(tls=True, auth="token", token_server=tokens) as registry:
+        rh.push_image(registry, REPO, image["bootstrap"], image["blobs"])
+        token = tokens.issue("nydus", tokens.service, [{"type": "repository", "name": REPO, "actions": ["pull"]}])
+        before = tokens.count()
+        config = registry_config(tmp_path, registry.host, "https", ca_cert_files=[str(registry.ca_path)],
+                                 registry_token=token)
+        with mounted(image["bootstrap"], config=write(tmp_path, config)) as d:
+            assert read_all(d.mountpoint) == image["digests"]
+        assert tokens.count() == before
