@@ -14,11 +14,11 @@ if [[ ! -f $build/build.ninja ]]; then
     -Dcpp_args=-fsanitize=fuzzer-no-link -Dc_args=-fsanitize=fuzzer-no-link >/dev/null
 fi
 ninja -C "$build" test/fuzz_bootstrap test/fuzz_blob_meta test/fuzz_config test/fuzz_www_authenticate \
-  test/fuzz_chunk_map >/dev/null
+  test/fuzz_chunk_map test/fuzz_saved_state >/dev/null
 
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
-mkdir -p "$corpus"/{bootstrap,blob_meta,config,www_authenticate,chunk_map}
+mkdir -p "$corpus"/{bootstrap,blob_meta,config,www_authenticate,chunk_map,saved_state}
 cp "$fixtures"/bootstrap/rafs-v6-2.2.boot "$fixtures"/repeatable/sha256-nocompress-repeatable "$corpus/bootstrap/"
 cp "$fixtures"/blobs/* "$fixtures"/zran/*.blob.meta "$fixtures"/toc/* "$corpus/blob_meta/"
 cp examples/*.json "$corpus/config/" 2>/dev/null || true
@@ -32,7 +32,7 @@ printf 'Basic realm="harbor"' >"$corpus/www_authenticate/basic"
 printf 'version = 2\n[backend]\ntype = "localfs"\n[backend.localfs]\ndir = "/x"\n' >"$corpus/config/v2.toml"
 
 status=0
-for target in bootstrap blob_meta config www_authenticate chunk_map; do
+for target in bootstrap blob_meta config www_authenticate chunk_map saved_state; do
   echo "fuzz_$target: ${seconds}s"
   if ! UBSAN_OPTIONS=halt_on_error=1 "$build/test/fuzz_$target" -max_total_time="$seconds" -rss_limit_mb=4096 \
       -max_len=262144 -print_final_stats=0 "$corpus/$target" >"$corpus/$target.log" 2>&1; then
