@@ -68,6 +68,17 @@ ControlStatus DaemonService::exit() {
   return {};
 }
 
+ControlStatus DaemonService::send_fuse_fd() {
+  if (!send_state_) return ControlError::unsupported();
+  return send_state_();
+}
+
+ControlStatus DaemonService::takeover() {
+  Status s = state_.fire(DaemonEvent::kTakeover);
+  if (!s.ok()) return ControlError::from_transition(s);
+  return {};
+}
+
 ControlResult<std::string> DaemonService::backend_info(const std::string& mountpoint) {
   RafsInstance* instance = find(mountpoint);
   if (!instance) return ControlError::mount("object or filesystem doesn't exist");

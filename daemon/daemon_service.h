@@ -4,10 +4,10 @@
 // (registry_auth) and the metrics endpoints from the instances' counters.
 //
 // Dedicated mode (--bootstrap): one instance at virtual mountpoint "/",
-// added before the API starts. Shared mode (mounts through the API) and
-// takeover are not served yet: mount/umount/sendfd/takeover answer 501
-// until they are, and so does /metrics/inflight (libfuse 3.14 does not
-// expose a request's unique id).
+// added before the API starts; sendfd and takeover for failover and hot
+// upgrade. Shared mode (mounts through the API) is not served yet:
+// mount/umount answer 501, and so does /metrics/inflight (libfuse 3.14 does
+// not expose a request's unique id).
 //
 // Thread-safety: the API worker calls in while FUSE threads read and the
 // main thread waits. The instance table is filled before the API starts;
@@ -64,6 +64,12 @@ class DaemonService final : public DaemonController {
 
   ControlStatus start() override;
   ControlStatus exit() override;
+  // PUT /daemon/fuse/sendfd runs `send_state` (set by main: it owns the
+  // FUSE session); PUT /daemon/fuse/takeover fires Takeover, whose restore
+  // action main supplied to the state machine.
+  void set_send_state(std::function<ControlStatus()> send_state) { send_state_ = std::move(send_state); }
+  ControlStatus send_fuse_fd() override;
+  ControlStatus takeover() override;
 
   ControlResult<std::string> backend_info(const std::string& mountpoint) override;
 
@@ -93,6 +99,7 @@ class DaemonService final : public DaemonController {
   const std::optional<std::string> supervisor_;
   DaemonStateMachine& state_;
   std::vector<RafsInstance> instances_;
+  std::function<ControlStatus()> send_state_;
 };
 
 }  // namespace nydus::daemon

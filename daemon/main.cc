@@ -9,7 +9,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -26,6 +28,8 @@
 #include "daemon/daemon_service.h"
 #include "daemon/daemon_state.h"
 #include "daemon/fuse_server.h"
+#include "daemon/saved_state.h"
+#include "daemon/supervisor.h"
 #include "fs/filesystem.h"
 #include "fs/prefetch_plan.h"
 
@@ -70,10 +74,6 @@ void raise_nofile(uint64_t wanted) {
 // Flags upstream has that this build accepts but does not act on yet. Each
 // is logged, so nothing is silently ignored.
 void warn_unsupported(const CommandLine& cl) {
-  if (!cl.supervisor.empty())
-    LOG_WARN("--supervisor/--id: failover and hot upgrade are not supported yet");
-  if (cl.failover_policy != "resend")
-    LOG_WARN("--failover-policy %s: failover is not supported yet", cl.failover_policy.c_str());
   if (!cl.dedup_db.empty()) LOG_WARN("--dedup-db is not supported; ignored");
   if (!cl.backend_source.empty()) LOG_INFO("--backend-source %s ignored (not an upstream flag)", cl.backend_source.c_str());
   if (cl.virtual_mountpoint != "/")
@@ -157,10 +157,6 @@ int run(const CommandLine& cl) {
     LOG_ERROR("the singleton (fscache) service is not supported yet");
     return 1;
   }
-  if (cl.upgrade) {
-    LOG_ERROR("--upgrade (hot upgrade takeover) is not supported yet");
-    return 1;
-  }
   if (!cl.shared_dir.empty()) {
     LOG_ERROR("--shared-dir (passthrough fs) is not supported");
     return 1;
@@ -176,15 +172,31 @@ int run(const CommandLine& cl) {
   warn_unsupported(cl);
   raise_nofile(cl.rlimit_nofile);
 
-  char resolved[PATH_MAX];
-  if (!realpath(cl.mountpoint.c_str(), resolved)) {
-    LOG_ERROR("mountpoint %s: %s", cl.mountpoint.c_str(), std::strerror(errno));
-    return 1;
-  }
-  struct stat st {};
-  if (stat(resolved, &st) != 0 || !S_ISDIR(st.st_mode)) {
-    LOG_ERROR("mountpoint %s is not a directory", resolved);
-    return 1;
+  // nydusd-contract.md §1: take over instead of mounting with --upgrade, or
+  // when a previous daemon crashed (its mount is still there, its API socket
+  // answers no more). Checked before anything touches the mountpoint: a
+  // stat of a FUSE mount nobody serves would hang.
+  const bool take_over = cl.upgrade || (!cl.apisock.empty() && previous_daemon_crashed(cl.mountpoint, cl.apisock));
+  std::string mountpoint = cl.mountpoint;
+  if (take_over) {
+    LOG_INFO("%s: waiting in INIT for PUT /api/v1/daemon/fuse/takeover", cl.upgrade ? "--upgrade" :
+             "the previous daemon crashed (mount present, API socket dead)");
+    if (cl.apisock.empty() || cl.supervisor.empty()) {
+      LOG_ERROR("taking over needs --apisock and --supervisor");
+      return 1;
+    }
+  } else {
+    char resolved[PATH_MAX];
+    if (!realpath(cl.mountpoint.c_str(), resolved)) {
+      LOG_ERROR("mountpoint %s: %s", cl.mountpoint.c_str(), std::strerror(errno));
+      return 1;
+    }
+    struct stat st {};
+    if (stat(resolved, &st) != 0 || !S_ISDIR(st.st_mode)) {
+      LOG_ERROR("mountpoint %s is not a directory", resolved);
+      return 1;
+    }
+    mountpoint = resolved;
   }
 
   Result<RafsConfig> config = Status::invalid("config: need --config or --localfs-dir");
@@ -285,11 +297,56 @@ int run(const CommandLine& cl) {
   }
 
   FuseServerOptions server_options;
-  server_options.mountpoint = resolved;
+  server_options.mountpoint = mountpoint;
   server_options.max_threads = cl.threads;
-  // The admin API (nydusd-contract.md §1): the socket appears only once
-  // the mount exists and the daemon is RUNNING.
-  DaemonStateMachine state;
+  server_options.metrics = &fs_metrics;
+  // A supervisor may take the connection over after a crash: every worker
+  // must then read the shared session fd (fuse_server.h).
+  server_options.clone_fd = cl.supervisor.empty();
+  auto policy = parse_failover_policy(cl.failover_policy);
+  if (!policy.ok()) {
+    LOG_ERROR("%s", policy.status().message().c_str());
+    return 1;
+  }
+
+  // The FUSE session and the state machine that drives it (§1, §5). The
+  // session is created by the mount below or by the Takeover action.
+  std::mutex session_mu;
+  std::unique_ptr<FuseSession> session;
+  auto with_session = [&](auto fn) -> Status {
+    std::lock_guard<std::mutex> lock(session_mu);
+    if (!session) return Status::io("no FUSE session");
+    return fn(*session);
+  };
+  DaemonStateMachine::Actions actions;
+  actions.start_service = [&] { return with_session([](FuseSession& s) { return s.start(); }); };
+  actions.terminate_service = [&] {
+    return with_session([](FuseSession& s) {
+      s.stop();
+      return Status::Ok();
+    });
+  };
+  actions.umount = [&] { return with_session([](FuseSession& s) { return s.unmount(); }); };
+  actions.restore = [&]() -> Status {
+    // Dedicated mode rebuilds its one instance from its own argv (the
+    // snapshotter restarts it with the same argv); the supervisor supplies
+    // the connection and how the kernel initialized it.
+    NYDUS_ASSIGN(auto received, receive_state(cl.supervisor, std::chrono::steady_clock::now() +
+                                                                 std::chrono::seconds(10)));
+    NYDUS_ASSIGN(const DaemonSavedState saved, decode_saved_state(received.data));
+    if (saved.mounts.size() != 1 || saved.mounts[0].source != cl.bootstrap)
+      LOG_WARN("takeover: the saved state describes %zu mount(s), not this daemon's bootstrap %s; serving %s",
+               saved.mounts.size(), cl.bootstrap.c_str(), cl.bootstrap.c_str());
+    NYDUS_ASSIGN(auto adopted, FuseSession::take_over(filesystem, server_options, std::move(received.fd),
+                                                      TakeoverParams{saved.fuse_conn_id, saved.fuse_init, *policy}));
+    std::lock_guard<std::mutex> lock(session_mu);
+    session = std::move(adopted);
+    LOG_INFO("took over FUSE connection %llu at %s", static_cast<unsigned long long>(saved.fuse_conn_id),
+             mountpoint.c_str());
+    return Status::Ok();
+  };
+  DaemonStateMachine state(actions);
+
   std::optional<std::string> daemon_id, supervisor;
   if (!cl.id.empty()) daemon_id = cl.id;
   if (!cl.supervisor.empty()) supervisor = cl.supervisor;
@@ -297,12 +354,48 @@ int run(const CommandLine& cl) {
                         daemon_id, supervisor, state);
   service.add_instance(RafsInstance{cl.virtual_mountpoint, cl.bootstrap, *config, std::chrono::system_clock::now(),
                                     &filesystem, &chunk_reader, &backend_metrics, &cache_metrics, &fs_metrics});
-  server_options.metrics = &fs_metrics;
+  std::string config_text;
+  if (!cl.config.empty()) {
+    std::ifstream in(cl.config);
+    config_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  service.set_send_state([&]() -> ControlStatus {
+    if (cl.supervisor.empty()) return ControlError::daemon("no --supervisor given");
+    std::lock_guard<std::mutex> lock(session_mu);
+    if (!session || !session->initialized() || !session->init_params()) return ControlError::not_ready();
+    DaemonSavedState saved;
+    saved.fuse_conn_id = session->conn_id();
+    saved.fuse_init = *session->init_params();
+    saved.mounts.push_back(SavedMount{cl.virtual_mountpoint, "rafs", cl.bootstrap, config_text, prefetch_files, 0, 0});
+    const std::vector<uint8_t> bytes = encode_saved_state(saved);
+    Status s = send_state(cl.supervisor, bytes, session->fd());
+    if (!s.ok()) return ControlError::daemon(s.message());
+    return {};
+  });
+
+  if (!take_over) {
+    auto mounted = FuseSession::mount(filesystem, server_options);
+    if (!mounted.ok()) {
+      LOG_ERROR("%s", mounted.status().message().c_str());
+      return 1;
+    }
+    {
+      std::lock_guard<std::mutex> lock(session_mu);
+      session = std::move(mounted).value();
+    }
+    Status s = state.fire(DaemonEvent::kMount);
+    if (s.ok()) s = state.fire(DaemonEvent::kStart);
+    if (!s.ok()) {
+      LOG_ERROR("cannot start serving %s: %s", mountpoint.c_str(), s.message().c_str());
+      (void)state.trigger_stop();
+      return 1;
+    }
+  }
+
+  // The admin API (§1): the socket appears once the daemon is RUNNING, or
+  // in INIT when it waits for a takeover.
   std::unique_ptr<ApiServer> api;
-  server_options.on_mounted = [&] {
-    (void)state.fire(DaemonEvent::kMount);
-    (void)state.fire(DaemonEvent::kStart);
-    if (cl.apisock.empty()) return;
+  if (!cl.apisock.empty()) {
     ApiServerOptions api_options;
     api_options.socket_path = cl.apisock;
     api = std::make_unique<ApiServer>(api_options);
@@ -312,17 +405,31 @@ int run(const CommandLine& cl) {
                          [&service](const ApiRequest&) { return ApiResponse::prometheus(service.prometheus()); });
     if (s.ok()) s = api->start();
     if (!s.ok()) {
-      // Serving the image matters more than the API; say so loudly.
       LOG_ERROR("admin API on %s not available: %s", cl.apisock.c_str(), s.message().c_str());
       api.reset();
+      // Waiting for a takeover without an API would wait forever.
+      if (take_over) return 1;
     } else {
       LOG_INFO("admin API listening on %s", cl.apisock.c_str());
     }
-  };
-  const int rc = serve_fuse(filesystem, server_options);
-  (void)state.trigger_stop();
+  }
+
+  // Until SIGTERM/SIGINT, or until the connection ends (an external
+  // umount). PUT /daemon/exit has moved to STOPPED without unmounting by
+  // then, so trigger_stop() does nothing more.
+  const ShutdownCause cause = wait_for_shutdown([&] {
+    std::lock_guard<std::mutex> lock(session_mu);
+    return session && session->connection_lost();
+  });
+  if (cause == ShutdownCause::kConnectionLost) LOG_INFO("the FUSE connection ended (unmounted); exiting");
+  if (Status s = state.trigger_stop(); !s.ok()) LOG_WARN("stopping: %s", s.message().c_str());
   if (api) api->stop();
   if (prefetcher) prefetcher->stop();
+  {
+    std::lock_guard<std::mutex> lock(session_mu);
+    session.reset();  // never unmounts by itself
+  }
+  const int rc = 0;
   log_metrics(backend_metrics, cache_metrics, chunk_reader, filesystem.bytes_read());
   return rc;
 }

@@ -54,7 +54,8 @@ def call(sock, method, path, body=None):
 class SnapshotterLikeDaemon:
     """Starts nydusd with the dedicated-mode argv of §4.2 in an R/ layout."""
 
-    def __init__(self, root, config, daemon_id="cq1fk6f5ntt0000abcde", extra=()):
+    def __init__(self, root, config, daemon_id="cq1fk6f5ntt0000abcde", extra=(), binary=None,
+                 apisock_name="api.sock"):
         self.root = pathlib.Path(root)
         self.id = daemon_id
         for d in (f"config/{daemon_id}", f"socket/{daemon_id}", f"logs/{daemon_id}", "supervisor",
@@ -63,14 +64,14 @@ class SnapshotterLikeDaemon:
         self.config_path = self.root / f"config/{daemon_id}/config.json"
         self.config_path.write_text(json.dumps(config))
         self.mountpoint = self.root / "snapshots/42/mnt"
-        self.sock = self.root / f"socket/{daemon_id}/api.sock"
+        self.sock = self.root / f"socket/{daemon_id}/{apisock_name}"
         self.log_path = self.root / f"logs/{daemon_id}/nydusd.log"
-        self.argv = [str(NYDUSD), "fuse", "--thread-num", "4", "--id", daemon_id,
+        self.argv = [str(binary or NYDUSD), "fuse", *extra, "--thread-num", "4", "--id", daemon_id,
                      "--config", str(self.config_path), "--bootstrap", str(V6_BOOT),
                      "--mountpoint", str(self.mountpoint), "--apisock", str(self.sock),
                      "--log-level", "info", "--log-rotation-size", "100",
                      "--supervisor", str(self.root / f"supervisor/{daemon_id}.sock"),
-                     "--log-file", str(self.log_path), *extra, "--failover-policy", "resend"]
+                     "--log-file", str(self.log_path), "--failover-policy", "resend"]
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def wait_socket(self, timeout=10):
