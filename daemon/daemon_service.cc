@@ -158,7 +158,25 @@ std::string DaemonService::prometheus() const {
     if (i.cache_metrics)
       caches.push_back({i.config.id.empty() ? i.mountpoint : i.config.id, i.cache_metrics, i.reader->cache_state()});
   }
-  return prometheus_text(filesystems, backends, caches);
+  std::string text = prometheus_text(filesystems, backends, caches);
+  // Where blob bytes came from, per source (origin, each mirror, proxy):
+  // not in upstream's BackendMetrics, so only here and in the exit log.
+  text += "# HELP nydusd_backend_source_requests_total Backend requests per source (origin, mirror, proxy).\n"
+          "# TYPE nydusd_backend_source_requests_total counter\n";
+  std::string errors = "# HELP nydusd_backend_source_errors_total Failed backend requests (transport errors, 5xx) per source.\n"
+                       "# TYPE nydusd_backend_source_errors_total counter\n";
+  std::string bytes = "# HELP nydusd_backend_source_bytes_total Body bytes received per source.\n"
+                      "# TYPE nydusd_backend_source_bytes_total counter\n";
+  for (const RafsInstance& i : instances_) {
+    if (!i.backend_metrics) continue;
+    i.backend_metrics->for_each_source([&](const backend::SourceCounters& c) {
+      const std::string labels = "{id=" + nlohmann::json(i.mountpoint).dump() + ",source=" + nlohmann::json(c.name).dump() + "}";
+      text += "nydusd_backend_source_requests_total" + labels + " " + std::to_string(c.requests.load()) + "\n";
+      errors += "nydusd_backend_source_errors_total" + labels + " " + std::to_string(c.errors.load()) + "\n";
+      bytes += "nydusd_backend_source_bytes_total" + labels + " " + std::to_string(c.bytes.load()) + "\n";
+    });
+  }
+  return text + errors + bytes;
 }
 
 ControlResult<std::map<std::string, std::string>> DaemonService::get_config(const std::optional<std::string>& id) {

@@ -27,6 +27,7 @@ import pytest
 
 import registry_harness as rh
 from conftest import ROOT, fixture_path, mounted, start_daemon, force_unmount, require_root_and_fuse
+from test_api import UnixHTTPConnection, call
 
 NYDUS_IMAGE = pathlib.Path(os.environ.get("NYDUS_IMAGE", ROOT / "build" / "builder" / "nydus-image"))
 REPO = "library/nydus-test"
@@ -189,8 +190,20 @@ def test_restart_serves_from_cache_with_zero_registry_requests(image, tmp_path):
         rh.push_image(registry, REPO, image["bootstrap"], image["blobs"])
         with rh.FaultProxy(registry.url) as proxy:
             config = write(tmp_path, registry_config(tmp_path, f"127.0.0.1:{proxy.port}"))
-            with mounted(image["bootstrap"], config=config) as d:
+            sock = tmp_path / "api.sock"
+            with mounted(image["bootstrap"], config=config, extra_args=["--apisock", str(sock)]) as d:
                 assert read_all(d.mountpoint) == image["digests"]
+                # Bytes and requests per source, on the API.
+                conn = UnixHTTPConnection(sock)
+                conn.request("GET", "/api/v1/metrics/prometheus")
+                text = conn.getresponse().read().decode()
+                conn.close()
+                origin = [l for l in text.splitlines()
+                          if l.startswith('nydusd_backend_source_requests_total{id="/",source="origin"}')]
+                assert origin and int(origin[0].rsplit(" ", 1)[1]) > 0, text[-2000:]
+                status, cache, _ = call(sock, "GET", "/api/v1/metrics/blobcache")
+                # Every file was read, so every chunk is cached: the "fully cached" signal.
+                assert status == 200 and cache["data_all_ready"] is True and cache["entries_count"] > 0
             first = proxy.count(method="GET")
             assert first > 0
             files = sorted(p.name for p in tmp_path.iterdir())
