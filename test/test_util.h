@@ -19,6 +19,10 @@ inline std::string fixtures_dir() {
 
 inline std::string fixture(const std::string& relative) { return fixtures_dir() + "/" + relative; }
 
+// True under CI ($CI set): tests that need root, /dev/fuse or a tool must
+// then fail when it is missing, never skip.
+inline bool in_ci() { return std::getenv("CI") != nullptr; }
+
 // A fresh directory under the system temp dir, removed with its contents
 // when the object goes away. Throws (a test failure) if it cannot be made.
 class TempDir {

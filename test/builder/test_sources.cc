@@ -43,11 +43,6 @@ namespace {
 using builder::Node;
 using builder::Tree;
 
-bool in_ci() {
-  const char* ci = std::getenv("CI");
-  return ci != nullptr && *ci != '\0';
-}
-
 // True when the root-only parts can run; under $CI their absence fails.
 bool have_root(const char* what) {
   if (geteuid() == 0) return true;

@@ -407,7 +407,14 @@ TEST_CASE("crash check without a FUSE mount") {
 
 namespace {
 
-bool can_mount_fuse() { return geteuid() == 0 && access("/dev/fuse", R_OK | W_OK) == 0; }
+// True when real FUSE mounts can run here. Without root or /dev/fuse the
+// test is skipped with a warning, but fails under CI (as the mount tests do).
+bool fuse_available() {
+  if (geteuid() == 0 && access("/dev/fuse", R_OK | W_OK) == 0) return true;
+  if (test::in_ci()) FAIL("needs root and /dev/fuse (CI is set)");
+  WARN("skipped: needs root and /dev/fuse");
+  return false;
+}
 
 std::string harness_path() {
   char self[PATH_MAX] = {};
@@ -826,10 +833,7 @@ void print(const char* name, const SwitchReport& r) {
 }  // namespace
 
 TEST_CASE("FUSE takeover after a crash (SIGKILL), policy resend: readers see no error", "[mount]") {
-  if (!can_mount_fuse()) {
-    WARN("skipped: needs root and /dev/fuse");
-    return;
-  }
+  if (!fuse_available()) return;
   std::vector<std::string> errors;
   SwitchReport r = run_takeover(Scenario{Switch::kCrash, "resend", false, 20}, &errors);
   print("crash+resend", r);
@@ -841,10 +845,7 @@ TEST_CASE("FUSE takeover after a crash (SIGKILL), policy resend: readers see no 
 }
 
 TEST_CASE("FUSE takeover after exit without unmount (hot upgrade), policy resend", "[mount]") {
-  if (!can_mount_fuse()) {
-    WARN("skipped: needs root and /dev/fuse");
-    return;
-  }
+  if (!fuse_available()) return;
   std::vector<std::string> errors;
   SwitchReport r = run_takeover(Scenario{Switch::kExitKeepMount, "resend", false, 20}, &errors);
   print("exit+resend", r);
@@ -854,10 +855,7 @@ TEST_CASE("FUSE takeover after exit without unmount (hot upgrade), policy resend
 }
 
 TEST_CASE("FUSE hot upgrade in the snapshotter's order (takeover, old exits, start), policy resend", "[mount]") {
-  if (!can_mount_fuse()) {
-    WARN("skipped: needs root and /dev/fuse");
-    return;
-  }
+  if (!fuse_available()) return;
   std::vector<std::string> errors;
   SwitchReport r = run_takeover(Scenario{Switch::kUpgradeSnapshotterOrder, "resend", false, 20}, &errors);
   print("upgrade (snapshotter order)+resend", r);
@@ -867,10 +865,7 @@ TEST_CASE("FUSE hot upgrade in the snapshotter's order (takeover, old exits, sta
 }
 
 TEST_CASE("FUSE takeover, crash with no artificial delay", "[mount]") {
-  if (!can_mount_fuse()) {
-    WARN("skipped: needs root and /dev/fuse");
-    return;
-  }
+  if (!fuse_available()) return;
   std::vector<std::string> errors;
   SwitchReport r = run_takeover(Scenario{Switch::kCrash, "resend", false, 0}, &errors);
   print("crash+resend (no delay)", r);
@@ -881,7 +876,7 @@ TEST_CASE("FUSE takeover, crash with no artificial delay", "[mount]") {
 
 // Experiments (run with the tag): why the old daemon must not use clone_fd.
 TEST_CASE("experiment: crash of a clone_fd daemon", "[.][experiment]") {
-  if (!can_mount_fuse()) return;
+  if (!fuse_available()) return;
   std::vector<std::string> errors;
   SwitchReport r = run_takeover(Scenario{Switch::kCrash, "resend", true, 20}, &errors);
   print("crash+resend, old daemon with clone_fd", r);
@@ -889,7 +884,7 @@ TEST_CASE("experiment: crash of a clone_fd daemon", "[.][experiment]") {
 }
 
 TEST_CASE("experiment: crash, policy none", "[.][experiment]") {
-  if (!can_mount_fuse()) return;
+  if (!fuse_available()) return;
   std::vector<std::string> errors;
   size_t stuck = 0;
   Scenario sc{Switch::kCrash, "none", false, 20};
@@ -902,7 +897,7 @@ TEST_CASE("experiment: crash, policy none", "[.][experiment]") {
 }
 
 TEST_CASE("experiment: takeover without replaying FUSE_INIT", "[.][experiment]") {
-  if (!can_mount_fuse()) return;
+  if (!fuse_available()) return;
   std::vector<std::string> errors;
   Scenario sc{Switch::kExitKeepMount, "none", false, 0};
   sc.raw_no_init = true;
@@ -914,10 +909,7 @@ TEST_CASE("experiment: takeover without replaying FUSE_INIT", "[.][experiment]")
 }
 
 TEST_CASE("FUSE takeover after exit without unmount, policy none (stop is lossless)", "[mount]") {
-  if (!can_mount_fuse()) {
-    WARN("skipped: needs root and /dev/fuse");
-    return;
-  }
+  if (!fuse_available()) return;
   std::vector<std::string> errors;
   SwitchReport r = run_takeover(Scenario{Switch::kExitKeepMount, "none", false, 20}, &errors);
   print("exit+none", r);
@@ -951,10 +943,7 @@ std::unique_ptr<fs::Filesystem> fixture_fs() {
 }  // namespace
 
 TEST_CASE("in-process: stop/start, exit without unmount, takeover, unmount", "[mount]") {
-  if (!can_mount_fuse()) {
-    WARN("skipped: needs root and /dev/fuse");
-    return;
-  }
+  if (!fuse_available()) return;
   test::TempDir dir("failover-inproc");
   const std::string mnt = dir / "mnt";
   const std::string sup_path = dir / "supervisor.sock";
