@@ -6,6 +6,7 @@ Environment:
   NYDUS_FIXTURES  upstream-made images (default: ../shared/fixtures/nydus)
 """
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -155,6 +156,15 @@ def write_config(directory, blob_dir, digest_validate=False, enable_xattr=True, 
     path = pathlib.Path(directory) / "config.json"
     path.write_text(json.dumps(config))
     return path
+
+
+def sha256_file(path):
+    """sha256 hex of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def walk_tree(root):

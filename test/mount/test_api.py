@@ -11,10 +11,8 @@ import select
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 
-import pytest
 
 from conftest import NYDUSD, fixture_path, mount_entry, force_unmount
 

@@ -5,16 +5,13 @@ started again, finds the mount and a dead API socket, waits in INIT, and
 PUT takeover + PUT start bring it back. A reader loop runs throughout and
 must see no error and no wrong byte; the mount stays the same.
 """
-import array
 import hashlib
 import os
 import socket
 import threading
 import time
 
-import pytest
-
-from conftest import NYDUSD, mount_entry, force_unmount
+from conftest import NYDUSD, mount_entry
 from test_api import SnapshotterLikeDaemon, call, dedicated_config, LIB_RS_SHA256
 
 

@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from conftest import (FIXTURES, fixture_path, mount_entry, mounted, start_daemon, walk_tree,
+from conftest import (FIXTURES, fixture_path, sha256_file, mount_entry, mounted, start_daemon, walk_tree,
                       write_config, force_unmount)
 
 V6_BOOT = fixture_path("bootstrap/rafs-v6-2.2.boot")
@@ -17,14 +17,6 @@ V6_BLOBS = fixture_path("blobs")
 V5_IMAGES = ["repeatable/sha256-nocompress-repeatable", "repeatable/blake3-lz4_block-non_repeatable"]
 V5_BLOBS = fixture_path("repeatable/blobs")
 LEGACY_BOOT = fixture_path("bootstrap/nydusd_daemon_test_bootstrap")
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def test_v6_file_contents():
