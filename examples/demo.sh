@@ -24,6 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+demo_count=0
+
 wait_mounted() {
   for _ in $(seq 200); do
     mountpoint -q "$mnt" && return 0
@@ -35,8 +37,14 @@ wait_mounted() {
 
 demo() {  # bootstrap, blob dir, title
   echo "== $3"
-  echo "   $nydusd fuse --bootstrap $1 --localfs-dir $2 --mountpoint $mnt"
-  "$nydusd" fuse --bootstrap "$1" --localfs-dir "$2" --mountpoint "$mnt" --log-file "$work/nydusd.log" &
+  # --localfs-dir keeps the blob cache (<id>.blob.data, .chunk_map) next to
+  # the blobs, as upstream does: link the fixture blobs into a scratch
+  # directory so the shared fixtures stay untouched.
+  local blobs=$work/blobs-$((++demo_count))
+  mkdir -p "$blobs"
+  ln -s "$2"/* "$blobs"/
+  echo "   $nydusd fuse --bootstrap $1 --localfs-dir $blobs --mountpoint $mnt"
+  "$nydusd" fuse --bootstrap "$1" --localfs-dir "$blobs" --mountpoint "$mnt" --log-file "$work/nydusd.log" &
   pid=$!
   wait_mounted
   grep -E "mounted|RAFS v" "$work/nydusd.log" | sed 's/^/   log: /'
