@@ -29,25 +29,90 @@ std::string format_mounted_time(std::chrono::system_clock::time_point t) {
 }  // namespace
 
 DaemonService::DaemonService(BuildInfo build, std::optional<std::string> id, std::optional<std::string> supervisor,
-                             DaemonStateMachine& state)
-    : build_(std::move(build)), id_(std::move(id)), supervisor_(std::move(supervisor)), state_(state) {}
+                             DaemonStateMachine& state, fs::Vfs& vfs)
+    : build_(std::move(build)), id_(std::move(id)), supervisor_(std::move(supervisor)), state_(state), vfs_(vfs) {}
 
-void DaemonService::add_instance(RafsInstance instance) { instances_.push_back(std::move(instance)); }
+Status DaemonService::attach(std::shared_ptr<RafsInstance> instance, std::optional<fs::MountIndex> index,
+                             uint64_t generation) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto context = instance->metrics_context();
+  Result<fs::MountIndex> attached =
+      index ? vfs_.mount_at(instance->mountpoint(), instance->filesystem(), *index, generation, std::move(context))
+            : vfs_.mount(instance->mountpoint(), instance->filesystem(), std::move(context));
+  if (!attached.ok()) return attached.status();
+  LOG_INFO("mounted %s at %s (vfs index %u)", instance->spec().source.c_str(), instance->mountpoint().c_str(),
+           static_cast<unsigned>(*attached));
+  instances_.push_back(std::move(instance));
+  return Status::Ok();
+}
 
-RafsInstance* DaemonService::find(const std::optional<std::string>& id) {
-  if (!id) return instances_.size() == 1 ? &instances_.front() : nullptr;
-  for (RafsInstance& i : instances_)
-    if (i.mountpoint == *id) return &i;
+std::vector<std::shared_ptr<RafsInstance>> DaemonService::instances() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return instances_;
+}
+
+std::shared_ptr<RafsInstance> DaemonService::find(const std::optional<std::string>& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!id) return instances_.size() == 1 ? instances_.front() : nullptr;
+  for (const auto& i : instances_)
+    if (i->mountpoint() == *id) return i;
   return nullptr;
+}
+
+DaemonSavedState DaemonService::saved_state() const {
+  DaemonSavedState saved;
+  std::lock_guard<std::mutex> lock(mu_);
+  const fs::VfsState vfs = vfs_.export_state();
+  saved.vfs.next_index = vfs.next_index;
+  saved.vfs.next_generation = vfs.next_generation;
+  saved.vfs.next_pseudo_node = vfs.next_pseudo_node;
+  saved.vfs.pseudo_dirs.assign(vfs.pseudo_dirs.begin(), vfs.pseudo_dirs.end());
+  for (const auto& instance : instances_) {
+    const RafsMountSpec& spec = instance->spec();
+    SavedMount m{spec.mountpoint, "rafs", spec.source, spec.config_text, spec.prefetch_files, 0, 0};
+    if (auto info = vfs_.find(spec.mountpoint)) {
+      m.vfs_index = info->index;
+      m.generation = info->generation;
+    }
+    saved.mounts.push_back(std::move(m));
+  }
+  return saved;
+}
+
+Status DaemonService::restore(const DaemonSavedState& saved) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (instances_.empty()) {
+      fs::VfsState vfs;
+      vfs.next_index = saved.vfs.next_index;
+      vfs.next_generation = saved.vfs.next_generation;
+      vfs.next_pseudo_node = saved.vfs.next_pseudo_node;
+      vfs.pseudo_dirs.assign(saved.vfs.pseudo_dirs.begin(), saved.vfs.pseudo_dirs.end());
+      NYDUS_TRY(vfs_.import_state(vfs));
+    }
+  }
+  for (const SavedMount& m : saved.mounts) {
+    if (vfs_.find(m.mountpoint)) continue;
+    if (m.fs_type != "rafs")
+      return Status::unsupported("restore " + m.mountpoint + ": fs_type " + m.fs_type + " is not supported");
+    auto config = parse_config(m.config);
+    if (!config.ok()) return Status::invalid("restore " + m.mountpoint + ": config: " + config.status().message());
+    auto instance = RafsInstance::create(RafsMountSpec{m.mountpoint, m.source, m.config, std::move(config).value(),
+                                                       m.prefetch_files, std::nullopt});
+    if (!instance.ok()) return Status(instance.status().code(), "restore " + m.mountpoint + ": " + instance.status().message());
+    NYDUS_TRY(attach(std::move(instance).value(), m.vfs_index == 0 ? std::nullopt : std::optional(m.vfs_index),
+                     m.generation));
+  }
+  return Status::Ok();
 }
 
 nlohmann::json DaemonService::backend_collection() const {
   nlohmann::json out = nlohmann::json::object();
-  for (const RafsInstance& i : instances_) {
-    out[i.mountpoint] = {{"backend_type", "Rafs"},
-                         {"mountpoint", i.mountpoint},
-                         {"mounted_time", format_mounted_time(i.mounted_at)},
-                         {"config", to_v2_json(i.config)}};
+  for (const auto& i : instances()) {
+    out[i->mountpoint()] = {{"backend_type", "Rafs"},
+                            {"mountpoint", i->mountpoint()},
+                            {"mounted_time", format_mounted_time(i->mounted_at())},
+                            {"config", to_v2_json(i->spec().config)}};
   }
   return out;
 }
@@ -79,10 +144,70 @@ ControlStatus DaemonService::takeover() {
   return {};
 }
 
+Result<std::shared_ptr<RafsInstance>> DaemonService::build(const MountCommand& command) const {
+  if (command.fs_type != FsType::kRafs)
+    return Status::unsupported("fs_type passthrough_fs is not supported by this build");
+  auto config = parse_config(command.config);
+  if (!config.ok()) return Status::invalid("config: " + config.status().message());
+  return RafsInstance::create(RafsMountSpec{command.mountpoint, command.source, command.config,
+                                            std::move(config).value(), command.prefetch_files.value_or(
+                                                std::vector<std::string>{}),
+                                            std::nullopt});
+}
+
+ControlStatus DaemonService::mount(const MountCommand& command) {
+  // Refuse a duplicate before opening anything: the snapshotter re-POSTs
+  // every mount after a hot upgrade and expects exactly this answer.
+  if (vfs_.find(command.mountpoint)) return ControlError::mount("object or filesystem already exists");
+  auto instance = build(command);
+  if (!instance.ok()) {
+    LOG_ERROR("mount %s: %s", command.mountpoint.c_str(), instance.status().message().c_str());
+    return ControlError::mount(instance.status().message());
+  }
+  if (Status s = attach(std::move(instance).value()); !s.ok()) return ControlError::mount(s.message());
+  return {};
+}
+
+ControlStatus DaemonService::remount(const MountCommand& command) {
+  auto old = vfs_.find(command.mountpoint);
+  if (!old) return ControlError::mount("object or filesystem doesn't exist");
+  auto instance = build(command);
+  if (!instance.ok()) {
+    LOG_ERROR("remount %s: %s", command.mountpoint.c_str(), instance.status().message().c_str());
+    return ControlError::mount(instance.status().message());
+  }
+  // Same index, new generation: node ids the kernel holds of the old image
+  // stop matching (the kernel drops those inodes) while the mountpoint stays.
+  if (ControlStatus detached = umount(command.mountpoint); !detached.ok()) return detached;
+  if (Status s = attach(std::move(instance).value(), old->index, 0); !s.ok()) return ControlError::mount(s.message());
+  return {};
+}
+
+ControlStatus DaemonService::umount(const std::string& mountpoint) {
+  std::shared_ptr<RafsInstance> detached;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Status s = vfs_.umount(mountpoint);
+    if (!s.ok()) return ControlError::mount(s.message());
+    for (auto it = instances_.begin(); it != instances_.end(); ++it) {
+      if ((*it)->mountpoint() == mountpoint) {
+        detached = std::move(*it);
+        instances_.erase(it);
+        break;
+      }
+    }
+  }
+  LOG_INFO("umounted %s", mountpoint.c_str());
+  if (detached) detached->log_summary();
+  // `detached` goes here, or when the last request that still uses it
+  // returns: its prefetch stops and its cache files close.
+  return {};
+}
+
 ControlResult<std::string> DaemonService::backend_info(const std::string& mountpoint) {
-  RafsInstance* instance = find(mountpoint);
+  auto instance = find(mountpoint);
   if (!instance) return ControlError::mount("object or filesystem doesn't exist");
-  const bootstrap::Image& image = instance->filesystem->image();
+  const bootstrap::Image& image = instance->filesystem()->image();
   const bootstrap::SuperInfo& sb = image.super();
   nlohmann::json meta = {
       {"magic", sb.version == 5 ? 0x5241'4653u : 0xE0F5'E1E2u},
@@ -111,52 +236,60 @@ ControlResult<std::string> DaemonService::backend_info(const std::string& mountp
 }
 
 ControlResult<std::string> DaemonService::fs_metrics(const std::optional<std::string>& id) {
-  RafsInstance* instance = find(id);
-  if (!instance || !instance->fs_metrics) return ControlError::no_counter();
-  return instance->fs_metrics->fs_metrics_json();
+  auto instance = find(id);
+  if (!instance) return ControlError::no_counter();
+  return instance->fs_metrics().fs_metrics_json();
 }
 
 ControlResult<std::string> DaemonService::files_metrics(const std::optional<std::string>& id, bool latest) {
-  RafsInstance* instance = find(id);
-  if (!instance || !instance->fs_metrics) return ControlError::no_counter();
-  return instance->fs_metrics->files_metrics_json(latest);
+  auto instance = find(id);
+  if (!instance) return ControlError::no_counter();
+  return instance->fs_metrics().files_metrics_json(latest);
 }
 
 ControlResult<std::string> DaemonService::access_patterns(const std::optional<std::string>& id) {
-  RafsInstance* instance = find(id);
-  if (!instance || !instance->fs_metrics) return ControlError::no_counter();
-  return instance->fs_metrics->access_patterns_json();
+  auto instance = find(id);
+  if (!instance) return ControlError::no_counter();
+  return instance->fs_metrics().access_patterns_json();
 }
 
 ControlResult<std::string> DaemonService::backend_metrics(const std::optional<std::string>& id) {
-  RafsInstance* instance = find(id);
-  if (!instance || !instance->backend_metrics) return ControlError::no_counter();
-  return backend_metrics_json(*instance->backend_metrics, instance->reader->backend().type());
+  auto instance = find(id);
+  if (!instance) return ControlError::no_counter();
+  return backend_metrics_json(instance->backend_metrics(), instance->reader().backend().type());
 }
 
 ControlResult<std::string> DaemonService::blobcache_metrics(const std::optional<std::string>& id) {
   // Keyed by device.id (the snapshotter's "/<sid>"), not the mountpoint.
-  RafsInstance* instance = nullptr;
+  std::shared_ptr<RafsInstance> instance;
+  const auto all = instances();
   if (!id) {
-    if (instances_.size() == 1) instance = &instances_.front();
+    if (all.size() == 1) instance = all.front();
   } else {
-    for (RafsInstance& i : instances_)
-      if (i.config.id == *id) instance = &i;
+    for (const auto& i : all)
+      if (i->cache_id() == *id) instance = i;
   }
-  if (!instance || !instance->cache_metrics) return ControlError::no_counter();
-  return blobcache_metrics_json(*instance->cache_metrics, instance->reader->cache_state(),
-                                instance->config.cache.work_dir);
+  if (!instance) return ControlError::no_counter();
+  return blobcache_metrics_json(instance->cache_metrics(), instance->reader().cache_state(),
+                                instance->spec().config.cache.work_dir);
+}
+
+ControlResult<std::optional<std::string>> DaemonService::inflight_metrics() {
+  if (!inflight_) return std::optional<std::string>();
+  const std::vector<InflightOp> ops = inflight_();
+  if (ops.empty()) return std::optional<std::string>();
+  return std::optional<std::string>(InflightOps::to_json(ops));
 }
 
 std::string DaemonService::prometheus() const {
+  const auto all = instances();
   std::vector<const fs::FsMetrics*> filesystems;
   std::vector<BackendMetricsSource> backends;
   std::vector<BlobcacheMetricsSource> caches;
-  for (const RafsInstance& i : instances_) {
-    if (i.fs_metrics) filesystems.push_back(i.fs_metrics);
-    if (i.backend_metrics) backends.push_back({i.mountpoint, i.reader->backend().type(), i.backend_metrics});
-    if (i.cache_metrics)
-      caches.push_back({i.config.id.empty() ? i.mountpoint : i.config.id, i.cache_metrics, i.reader->cache_state()});
+  for (const auto& i : all) {
+    filesystems.push_back(&i->fs_metrics());
+    backends.push_back({i->mountpoint(), i->reader().backend().type(), &i->backend_metrics()});
+    caches.push_back({i->cache_id(), &i->cache_metrics(), i->reader().cache_state()});
   }
   std::string text = prometheus_text(filesystems, backends, caches);
   // Where blob bytes came from, per source (origin, each mirror, proxy):
@@ -167,10 +300,9 @@ std::string DaemonService::prometheus() const {
                        "# TYPE nydusd_backend_source_errors_total counter\n";
   std::string bytes = "# HELP nydusd_backend_source_bytes_total Body bytes received per source.\n"
                       "# TYPE nydusd_backend_source_bytes_total counter\n";
-  for (const RafsInstance& i : instances_) {
-    if (!i.backend_metrics) continue;
-    i.backend_metrics->for_each_source([&](const backend::SourceCounters& c) {
-      const std::string labels = "{id=" + nlohmann::json(i.mountpoint).dump() + ",source=" + nlohmann::json(c.name).dump() + "}";
+  for (const auto& i : all) {
+    i->backend_metrics().for_each_source([&](const backend::SourceCounters& c) {
+      const std::string labels = "{id=" + nlohmann::json(i->mountpoint()).dump() + ",source=" + nlohmann::json(c.name).dump() + "}";
       text += "nydusd_backend_source_requests_total" + labels + " " + std::to_string(c.requests.load()) + "\n";
       errors += "nydusd_backend_source_errors_total" + labels + " " + std::to_string(c.errors.load()) + "\n";
       bytes += "nydusd_backend_source_bytes_total" + labels + " " + std::to_string(c.bytes.load()) + "\n";
@@ -180,27 +312,26 @@ std::string DaemonService::prometheus() const {
 }
 
 ControlResult<std::map<std::string, std::string>> DaemonService::get_config(const std::optional<std::string>& id) {
-  RafsInstance* instance = find(id);
+  auto instance = find(id);
   if (!instance) return ControlError::no_counter();
   std::map<std::string, std::string> out;
-  if (instance->config.backend.type == "registry") {
-    out["registry_auth"] = instance->config.backend.registry.auth;
-    out["proxy_url"] = instance->config.backend.registry.proxy.url;
+  const RafsConfig& config = instance->spec().config;
+  if (config.backend.type == "registry") {
+    out["registry_auth"] = instance->registry_auth();
+    out["proxy_url"] = config.backend.registry.proxy.url;
   }
   return out;
 }
 
 ControlStatus DaemonService::update_config(const std::optional<std::string>& id,
                                            const std::map<std::string, std::string>& values) {
-  RafsInstance* instance = find(id);
+  auto instance = find(id);
   if (!instance) return ControlError::daemon("no filesystem instance " + id.value_or("(none)"));
   for (const auto& [key, value] : values) {
     if (key == "registry_auth") {
-      Status s = instance->reader->backend().update_auth(value);
+      Status s = instance->update_registry_auth(value);
       if (!s.ok()) return ControlError::daemon(s.message());
-      // Kept for GET /config; the instance table is otherwise read-only.
-      instance->config.backend.registry.auth = value;
-      LOG_INFO("registry credentials of %s replaced through the API", instance->mountpoint.c_str());
+      LOG_INFO("registry credentials of %s replaced through the API", instance->mountpoint().c_str());
     } else if (key == "proxy_url" || key == "dragonfly_scheduler_endpoint") {
       return ControlError::daemon("updating " + key + " at run time is not supported");
     } else {

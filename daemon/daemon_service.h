@@ -1,60 +1,67 @@
 // DaemonService: the nydusd process as the admin API sees it
-// (DaemonController, daemon/api_v1.h). It owns the state machine and the
-// table of RAFS instances, and answers DaemonInfo, start/exit, config
-// (registry_auth) and the metrics endpoints from the instances' counters.
+// (DaemonController, daemon/api_v1.h). It owns the table of RAFS instances
+// attached to the daemon's fs::Vfs, drives the state machine, and answers
+// DaemonInfo, start/exit, mount/remount/umount, config (registry_auth),
+// the metrics endpoints and the failover state from them.
 //
-// Dedicated mode (--bootstrap): one instance at virtual mountpoint "/",
-// added before the API starts; sendfd and takeover for failover and hot
-// upgrade. Shared mode (mounts through the API) is not served yet:
-// mount/umount answer 501, and so does /metrics/inflight (libfuse 3.14 does
-// not expose a request's unique id).
+// Dedicated mode (--bootstrap): main() attaches one instance at the virtual
+// mountpoint ("/" unless --virtual-mountpoint) before the API starts.
+// Shared mode (no --bootstrap): the daemon starts empty and RUNNING, and
+// POST /api/v1/mount?mountpoint=/<sid> attaches instances at "/<sid>"
+// (nydusd-contract.md §3.2, §4.4 B).
 //
-// Thread-safety: the API worker calls in while FUSE threads read and the
-// main thread waits. The instance table is filled before the API starts;
-// afterwards only the API worker (one thread, ApiServerOptions
-// handler_threads = 1) reads or changes it. The state goes through
-// DaemonStateMachine.
+// Failover (§5): saved_state() lists every instance as its mount command
+// plus its Vfs index and generation; restore() rebuilds them in a fresh
+// daemon at the same indexes, so the node ids the kernel holds keep their
+// meaning.
+//
+// Thread-safety: every method may be called from any thread. The instance
+// table is guarded by a mutex; mount/umount serialize on it (the API worker
+// is one thread anyway), and calls that only read take a snapshot of the
+// table under it and work outside it. Vfs change hooks (cache invalidation)
+// run on the thread that mounts, with the table mutex held: they must not
+// call back into the service.
 #pragma once
 
-#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "backend/backend_metrics.h"
-#include "backend/chunk_reader.h"
 #include "daemon/api_v1.h"
 #include "daemon/config.h"
 #include "daemon/daemon_state.h"
-#include "fs/filesystem.h"
-#include "fs/fs_metrics.h"
+#include "daemon/inflight.h"
+#include "daemon/rafs_instance.h"
+#include "daemon/saved_state.h"
+#include "fs/vfs.h"
 
 namespace nydus::daemon {
-
-// One mounted RAFS image and the counters that describe it. The pointers
-// stay valid for the life of the process (the objects live in main()).
-struct RafsInstance {
-  std::string mountpoint;  // virtual mountpoint: "/" in dedicated mode
-  std::string bootstrap;
-  RafsConfig config;
-  std::chrono::system_clock::time_point mounted_at;
-  fs::Filesystem* filesystem = nullptr;
-  backend::ChunkReader* reader = nullptr;
-  backend::BackendMetrics* backend_metrics = nullptr;
-  backend::CacheMetrics* cache_metrics = nullptr;
-  fs::FsMetrics* fs_metrics = nullptr;
-};
 
 class DaemonService final : public DaemonController {
  public:
   DaemonService(BuildInfo build, std::optional<std::string> id, std::optional<std::string> supervisor,
-                DaemonStateMachine& state);
+                DaemonStateMachine& state, fs::Vfs& vfs);
 
-  // Before the API starts only.
-  void add_instance(RafsInstance instance);
+  // Attaches `instance` at its mountpoint (at `index`/`generation` when
+  // restoring; see fs::Vfs::mount_at). Errors as fs::Vfs::mount.
+  Status attach(std::shared_ptr<RafsInstance> instance, std::optional<fs::MountIndex> index = std::nullopt,
+                uint64_t generation = 0);
+  // Every attached instance, in mount order.
+  std::vector<std::shared_ptr<RafsInstance>> instances() const;
+
+  // Failover: the mount commands and Vfs bookkeeping (fuse_conn_id and
+  // fuse_init are the session's; the caller fills them in).
+  DaemonSavedState saved_state() const;
+  // Rebuilds every mount of `saved` (which must come from saved_state() of
+  // a predecessor) into this daemon's empty Vfs at its old index. Mounts
+  // whose mountpoint is already attached (dedicated mode attaches its own
+  // instance from the command line first) are skipped. Stops at the first
+  // failure.
+  Status restore(const DaemonSavedState& saved);
 
   BuildInfo build_info() const override { return build_; }
   std::optional<std::string> id() const override { return id_; }
@@ -71,6 +78,10 @@ class DaemonService final : public DaemonController {
   ControlStatus send_fuse_fd() override;
   ControlStatus takeover() override;
 
+  ControlStatus mount(const MountCommand& command) override;
+  ControlStatus remount(const MountCommand& command) override;
+  ControlStatus umount(const std::string& mountpoint) override;
+
   ControlResult<std::string> backend_info(const std::string& mountpoint) override;
 
   // Metrics of the instance `id` names (virtual mountpoint; blobcache:
@@ -80,6 +91,10 @@ class DaemonService final : public DaemonController {
   ControlResult<std::string> access_patterns(const std::optional<std::string>& id) override;
   ControlResult<std::string> backend_metrics(const std::optional<std::string>& id) override;
   ControlResult<std::string> blobcache_metrics(const std::optional<std::string>& id) override;
+  // `inflight` (set by main: the FUSE session's workers) lists the
+  // requests being handled; without it, or with none, the answer is 204.
+  void set_inflight(std::function<std::vector<InflightOp>()> inflight) { inflight_ = std::move(inflight); }
+  ControlResult<std::optional<std::string>> inflight_metrics() override;
 
   // Every counter above in the Prometheus text format (metrics_json.h
   // prometheus_text), for GET /api/v1/metrics/prometheus.
@@ -90,16 +105,21 @@ class DaemonService final : public DaemonController {
                               const std::map<std::string, std::string>& values) override;
 
  private:
-  // The instance `id` names (a virtual mountpoint), or the only one when
-  // no id is given; nullptr when there is no such instance.
-  RafsInstance* find(const std::optional<std::string>& id);
+  // Builds an instance from an API mount command (config text parsed).
+  Result<std::shared_ptr<RafsInstance>> build(const MountCommand& command) const;
+  // The instance at virtual mountpoint `id`, or the only one when no id is
+  // given; nullptr when there is no such instance.
+  std::shared_ptr<RafsInstance> find(const std::optional<std::string>& id) const;
 
   const BuildInfo build_;
   const std::optional<std::string> id_;
   const std::optional<std::string> supervisor_;
   DaemonStateMachine& state_;
-  std::vector<RafsInstance> instances_;
+  fs::Vfs& vfs_;
+  mutable std::mutex mu_;
+  std::vector<std::shared_ptr<RafsInstance>> instances_;  // GUARDED_BY(mu_), mount order
   std::function<ControlStatus()> send_state_;
+  std::function<std::vector<InflightOp>()> inflight_;
 };
 
 }  // namespace nydus::daemon

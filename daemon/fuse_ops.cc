@@ -1,5 +1,6 @@
 #include "daemon/fuse_ops.h"
 
+#include <linux/fuse.h>
 #include <sys/xattr.h>
 
 #include <atomic>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "fs/fs_metrics.h"
 
 namespace nydus::daemon {
 namespace {
@@ -19,12 +21,28 @@ constexpr unsigned kMaxIoBytes = 1u << 20;  // max_write / max_read
 
 FuseContext& ctx(fuse_req_t req) { return *static_cast<FuseContext*>(fuse_req_userdata(req)); }
 
-// Times one op on `node` for the mount's metrics (all no-ops without them).
-// Declared first in each op so that it also sees the reply; an op that
-// returns or throws without calling success() counts as an error.
-fs::FopTimer timed(const FuseContext& c, Fop fop, fuse_ino_t node) {
-  return fs::FopTimer(c.metrics, fop, c.metrics ? c.fs->ino_of(node) : fs::kNoInode);
-}
+// One op on `node`: keeps the instance that serves it alive, times it for
+// that instance's metrics (no-ops without them) and marks the worker busy
+// for /metrics/inflight. Declared first in each op so that it also sees the
+// reply; an op that returns or throws without calling success() counts as
+// an error.
+class MeteredOp {
+ public:
+  MeteredOp(const FuseContext& c, Fop fop, uint32_t opcode, fuse_ino_t node)
+      : route_(c.vfs->route(node)),
+        inflight_(c.inflight, opcode, node),
+        timer_(static_cast<fs::FsMetrics*>(route_.context.get()), fop,
+               route_.fs && route_.context ? route_.fs->ino_of(route_.inner) : fs::kNoInode) {}
+
+  void success(uint64_t bytes = 0) noexcept { timer_.success(bytes); }
+  void success_no_release() noexcept { timer_.success_no_release(); }
+  void failure() noexcept { timer_.failure(); }
+
+ private:
+  fs::Vfs::Route route_;
+  InflightOps::Scope inflight_;
+  fs::FopTimer timer_;
+};
 
 // Zero-message open/opendir (kernel 4.19 / 5.1): once open (opendir) answers
 // ENOSYS, the kernel stops sending OPEN and RELEASE (OPENDIR, RELEASEDIR)
@@ -59,10 +77,12 @@ void guarded(fuse_req_t req, const char* op, Fn&& fn) noexcept {
   }
 }
 
-fuse_entry_param make_entry(const FuseContext& c, const fs::Entry& entry) {
+fuse_entry_param make_entry(const FuseContext& c, const fs::Entry& entry, uint64_t generation) {
   fuse_entry_param e{};
   e.ino = entry.node;
-  e.generation = 0;  // ids never change meaning while mounted
+  // 0 in dedicated mode (ids never change meaning while mounted); in shared
+  // mode the mount's generation, so a reused index is a new inode.
+  e.generation = generation;
   e.attr = entry.attr;
   e.attr_timeout = c.attr_timeout;
   e.entry_timeout = c.entry_timeout;
@@ -98,15 +118,17 @@ void op_init(void* userdata, fuse_conn_info* conn) {
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   guarded(req, "lookup", [&] {
-    auto timer = timed(ctx(req), Fop::kLookup, parent);
-    auto entry = ctx(req).fs->lookup(parent, name);
+    MeteredOp timer(ctx(req), Fop::kLookup, FUSE_LOOKUP, parent);
+    auto entry = ctx(req).vfs->lookup(parent, name);
     if (!entry.ok()) {
       if (entry.status().code() == Code::kNotFound) {
         // Negative entry, cached like a positive one: the image is immutable.
         // A hit, as upstream counts it.
         timer.success();
         fuse_entry_param e{};
-        e.entry_timeout = ctx(req).entry_timeout;
+        // A pseudo directory gains names when images are mounted: its
+        // negative entries must not outlive the request.
+        e.entry_timeout = ctx(req).vfs->is_pseudo(parent) ? 0 : ctx(req).entry_timeout;
         fuse_reply_entry(req, &e);
         return;
       }
@@ -114,27 +136,30 @@ void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
       return;
     }
     timer.success();
-    fuse_entry_param e = make_entry(ctx(req), *entry);
+    fuse_entry_param e = make_entry(ctx(req), *entry, entry->generation);
     fuse_reply_entry(req, &e);
   });
 }
 
 // Node ids are a pure function of the image: nothing to release.
 void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t) {
-  auto timer = timed(ctx(req), Fop::kForget, ino);
+  MeteredOp timer(ctx(req), Fop::kForget, FUSE_FORGET, ino);
   timer.success();
   fuse_reply_none(req);
 }
-void op_forget_multi(fuse_req_t req, size_t, fuse_forget_data*) {
-  fs::FopTimer timer(ctx(req).metrics, Fop::kBatchForget, fs::kNoInode);
+void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  // Counted for the instance of the first node (upstream counts it for the
+  // mount the request arrived on; there is one FUSE mount per instance
+  // there).
+  MeteredOp timer(ctx(req), Fop::kBatchForget, FUSE_BATCH_FORGET, count > 0 ? forgets[0].ino : fs::kRootNode);
   timer.success();
   fuse_reply_none(req);
 }
 
 void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   guarded(req, "getattr", [&] {
-    auto timer = timed(ctx(req), Fop::kGetattr, ino);
-    auto attr = ctx(req).fs->getattr(ino);
+    MeteredOp timer(ctx(req), Fop::kGetattr, FUSE_GETATTR, ino);
+    auto attr = ctx(req).vfs->getattr(ino);
     if (!attr.ok()) {
       fuse_reply_err(req, attr.status().to_errno());
       return;
@@ -146,8 +171,8 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
 
 void op_readlink(fuse_req_t req, fuse_ino_t ino) {
   guarded(req, "readlink", [&] {
-    auto timer = timed(ctx(req), Fop::kReadlink, ino);
-    auto target = ctx(req).fs->readlink(ino);
+    MeteredOp timer(ctx(req), Fop::kReadlink, FUSE_READLINK, ino);
+    auto target = ctx(req).vfs->readlink(ino);
     if (!target.ok()) {
       fuse_reply_err(req, target.status().code() == Code::kInvalidInput ? EINVAL : target.status().to_errno());
       return;
@@ -159,8 +184,8 @@ void op_readlink(fuse_req_t req, fuse_ino_t ino) {
 
 void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(req, "opendir", [&] {
-    auto timer = timed(ctx(req), Fop::kOpendir, ino);
-    auto attr = ctx(req).fs->getattr(ino);
+    MeteredOp timer(ctx(req), Fop::kOpendir, FUSE_OPENDIR, ino);
+    auto attr = ctx(req).vfs->getattr(ino);
     if (!attr.ok()) {
       fuse_reply_err(req, attr.status().to_errno());
       return;
@@ -183,16 +208,17 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
   guarded(req, plus ? "readdirplus" : "readdir", [&] {
     const FuseContext& c = ctx(req);
-    auto timer = timed(c, plus ? Fop::kReaddirplus : Fop::kReaddir, ino);
+    MeteredOp timer(c, plus ? Fop::kReaddirplus : Fop::kReaddir, plus ? FUSE_READDIRPLUS : FUSE_READDIR, ino);
     size = std::min<size_t>(size, kMaxIoBytes);
     std::vector<char> buf(size);
     size_t used = 0;
-    Status s = c.fs->readdir(ino, static_cast<uint64_t>(off), plus,
-                             [&](std::string_view name, fs::NodeId node, const struct stat& attr, uint64_t next) {
+    Status s = c.vfs->readdir(ino, static_cast<uint64_t>(off), plus,
+                              [&](std::string_view name, fs::NodeId node, const struct stat& attr, uint64_t next,
+                                  uint64_t generation) {
                                std::string n(name);
                                size_t need;
                                if (plus) {
-                                 fuse_entry_param e = make_entry(c, fs::Entry{node, attr});
+                                 fuse_entry_param e = make_entry(c, fs::Entry{node, attr}, generation);
                                  need = fuse_add_direntry_plus(req, buf.data() + used, size - used, n.c_str(), &e,
                                                                static_cast<off_t>(next));
                                } else {
@@ -224,12 +250,12 @@ void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(req, "open", [&] {
-    auto timer = timed(ctx(req), Fop::kOpen, ino);
+    MeteredOp timer(ctx(req), Fop::kOpen, FUSE_OPEN, ino);
     if ((fi->flags & O_ACCMODE) != O_RDONLY) {
       fuse_reply_err(req, EROFS);
       return;
     }
-    Status s = ctx(req).fs->open(ino);
+    Status s = ctx(req).vfs->open(ino);
     if (!s.ok()) {
       fuse_reply_err(req, s.to_errno());
       return;
@@ -248,11 +274,11 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
   guarded(req, "read", [&] {
-    auto timer = timed(ctx(req), Fop::kRead, ino);
+    MeteredOp timer(ctx(req), Fop::kRead, FUSE_READ, ino);
     thread_local std::vector<uint8_t> buf;
     size = std::min<size_t>(size, kMaxIoBytes);
     if (buf.size() < size) buf.resize(size);
-    auto n = ctx(req).fs->read(ino, static_cast<uint64_t>(off), {buf.data(), size});
+    auto n = ctx(req).vfs->read(ino, static_cast<uint64_t>(off), {buf.data(), size});
     if (!n.ok()) {
       // Every data failure is EIO: ENOENT here would tell the caller the file
       // vanished, while the image still lists it.
@@ -271,17 +297,21 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
 }
 
 void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-  auto timer = timed(ctx(req), Fop::kRelease, ino);
+  MeteredOp timer(ctx(req), Fop::kRelease, FUSE_RELEASE, ino);
   timer.success();
   fuse_reply_err(req, 0);
 }
 
 void op_statfs(fuse_req_t req, fuse_ino_t ino) {
   guarded(req, "statfs", [&] {
-    auto timer = timed(ctx(req), Fop::kStatfs, ino);
-    struct statvfs sv = ctx(req).fs->statfs();
+    MeteredOp timer(ctx(req), Fop::kStatfs, FUSE_STATFS, ino);
+    auto sv = ctx(req).vfs->statfs(ino);
+    if (!sv.ok()) {
+      fuse_reply_err(req, sv.status().to_errno());
+      return;
+    }
     timer.success();
-    fuse_reply_statfs(req, &sv);
+    fuse_reply_statfs(req, &*sv);
   });
 }
 
@@ -307,8 +337,8 @@ int xattr_errno(const Status& s) {
 
 void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   guarded(req, "getxattr", [&] {
-    auto timer = timed(ctx(req), Fop::kGetxattr, ino);
-    auto value = ctx(req).fs->getxattr(ino, name);
+    MeteredOp timer(ctx(req), Fop::kGetxattr, FUSE_GETXATTR, ino);
+    auto value = ctx(req).vfs->getxattr(ino, name);
     if (!value.ok()) {
       // ENODATA is an answer, not a failure (upstream counts it a hit).
       if (value.status().code() == Code::kNoData) timer.success();
@@ -322,8 +352,8 @@ void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) 
 
 void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   guarded(req, "listxattr", [&] {
-    auto timer = timed(ctx(req), Fop::kListxattr, ino);
-    auto names = ctx(req).fs->listxattr(ino);
+    MeteredOp timer(ctx(req), Fop::kListxattr, FUSE_LISTXATTR, ino);
+    auto names = ctx(req).vfs->listxattr(ino);
     if (!names.ok()) {
       fuse_reply_err(req, xattr_errno(names.status()));
       return;
@@ -340,8 +370,8 @@ void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 
 void op_access(fuse_req_t req, fuse_ino_t ino, int mask) {
   guarded(req, "access", [&] {
-    auto timer = timed(ctx(req), Fop::kAccess, ino);
-    auto attr = ctx(req).fs->getattr(ino);
+    MeteredOp timer(ctx(req), Fop::kAccess, FUSE_ACCESS, ino);
+    auto attr = ctx(req).vfs->getattr(ino);
     if (!attr.ok()) {
       fuse_reply_err(req, attr.status().to_errno());
       return;

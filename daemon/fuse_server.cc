@@ -30,6 +30,7 @@ namespace nydus::daemon {
 
 struct FuseSession::Context {
   FuseContext fuse;
+  InflightOps inflight;
 };
 
 namespace {
@@ -209,11 +210,10 @@ const char* failover_policy_name(FailoverPolicy policy) {
 
 // --- FuseSession ------------------------------------------------------------
 
-FuseSession::FuseSession(fs::Filesystem& fs, const FuseServerOptions& options)
+FuseSession::FuseSession(fs::Vfs& vfs, const FuseServerOptions& options)
     : options_(options), context_(std::make_unique<Context>()) {
-  options_.on_mounted = nullptr;  // serve_fuse()'s business, not the session's
-  context_->fuse.fs = &fs;
-  context_->fuse.metrics = options.metrics;
+  context_->fuse.vfs = &vfs;
+  context_->fuse.inflight = &context_->inflight;
 }
 
 Status FuseSession::create_session() {
@@ -230,8 +230,8 @@ Status FuseSession::create_session() {
   return Status::Ok();
 }
 
-Result<std::unique_ptr<FuseSession>> FuseSession::mount(fs::Filesystem& fs, const FuseServerOptions& options) {
-  std::unique_ptr<FuseSession> session(new FuseSession(fs, options));
+Result<std::unique_ptr<FuseSession>> FuseSession::mount(fs::Vfs& vfs, const FuseServerOptions& options) {
+  std::unique_ptr<FuseSession> session(new FuseSession(vfs, options));
   NYDUS_TRY(session->create_session());
   if (fuse_session_mount(session->se_, options.mountpoint.c_str()) != 0)
     return Status::io("cannot mount FUSE at " + options.mountpoint + " (is /dev/fuse available and are we root?)");
@@ -248,7 +248,7 @@ Result<std::unique_ptr<FuseSession>> FuseSession::mount(fs::Filesystem& fs, cons
   return session;
 }
 
-Result<std::unique_ptr<FuseSession>> FuseSession::take_over(fs::Filesystem& fs, const FuseServerOptions& options,
+Result<std::unique_ptr<FuseSession>> FuseSession::take_over(fs::Vfs& vfs, const FuseServerOptions& options,
                                                              UniqueFd fuse_fd, const TakeoverParams& params) {
   NYDUS_TRY(check_fuse_device(fuse_fd.get()));
   if (params.init.major != 7)
@@ -264,7 +264,7 @@ Result<std::unique_ptr<FuseSession>> FuseSession::take_over(fs::Filesystem& fs, 
     return Status::invalid("takeover: " + options.mountpoint + " is FUSE connection " + std::to_string(actual_conn) +
                            ", the saved state is for connection " + std::to_string(params.conn_id));
 
-  std::unique_ptr<FuseSession> session(new FuseSession(fs, options));
+  std::unique_ptr<FuseSession> session(new FuseSession(vfs, options));
   NYDUS_TRY(session->create_session());
   session->adopted_ = true;
   session->conn_id_ = actual_conn;
@@ -344,6 +344,19 @@ void FuseSession::forget_mountpoint() {
 }
 
 int FuseSession::fd() const { return se_ && !unmounted_.load() ? fuse_session_fd(se_) : -1; }
+
+void FuseSession::invalidate(const fs::VfsChange& change, bool umount) {
+  std::lock_guard lk(mu_);  // not while start/stop/unmount change the session
+  if (!running_.load() || unmounted_.load()) return;
+  // Errors are expected and harmless: ENOENT when the kernel has nothing
+  // cached under that name or inode.
+  if (!change.entry_name.empty())
+    fuse_lowlevel_notify_inval_entry(se_, change.entry_parent, change.entry_name.data(), change.entry_name.size());
+  fuse_lowlevel_notify_inval_inode(se_, change.entry_parent ? change.entry_parent : fs::kRootNode, 0, 0);
+  if (umount && change.mount.root != 0) fuse_lowlevel_notify_inval_inode(se_, change.mount.root, 0, 0);
+}
+
+std::vector<InflightOp> FuseSession::inflight() const { return context_->inflight.snapshot(); }
 
 std::optional<FuseInitParams> FuseSession::init_params() const {
   std::lock_guard lk(state_mu_);
@@ -452,6 +465,8 @@ void FuseSession::run_worker() {
       fuse_session_exit(se_);
       break;
     }
+    if (!(buf.flags & FUSE_BUF_IS_FD) && buf.size >= sizeof(fuse_in_header))
+      InflightOps::note_unique(static_cast<const fuse_in_header*>(buf.mem)->unique);
     fuse_session_process_buf(se_, &buf);
   }
   free(buf.mem);
@@ -579,25 +594,6 @@ ShutdownCause wait_for_shutdown(const std::function<bool()>& connection_lost) {
       return ShutdownCause::kSignal;
     }
   }
-}
-
-int serve_fuse(fs::Filesystem& fs, const FuseServerOptions& options) {
-  auto session = FuseSession::mount(fs, options);
-  if (!session.ok()) {
-    LOG_ERROR("%s", session.status().message().c_str());
-    return 1;
-  }
-  if (options.on_mounted) options.on_mounted();
-  if (Status s = (*session)->start(); !s.ok()) {
-    LOG_ERROR("cannot start serving %s: %s", options.mountpoint.c_str(), s.message().c_str());
-    (void)(*session)->unmount();
-    return 1;
-  }
-  const ShutdownCause cause = wait_for_shutdown(**session);
-  (*session)->stop();
-  if (cause == ShutdownCause::kSignal) LOG_INFO("unmounting %s", options.mountpoint.c_str());
-  if (Status s = (*session)->unmount(); !s.ok()) LOG_WARN("%s", s.message().c_str());
-  return 0;
 }
 
 bool previous_daemon_crashed(const std::string& mountpoint, const std::string& apisock) {

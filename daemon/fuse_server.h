@@ -7,8 +7,9 @@
 //   (mount or take_over → start → stop → unmount), plus what failover needs
 //   (the session fd for sendfd, the FUSE connection id, the FUSE_INIT the
 //   kernel sent).
-// - serve_fuse(): the simple all-in-one path built on FuseSession: mount,
-//   serve until SIGTERM/SIGINT or until the mount disappears, unmount.
+//
+// The session serves an fs::Vfs: the instances the daemon attached to it
+// (one at "/" in dedicated mode, any number under "/<id>" in shared mode).
 //
 // Mount: source "rafs", type "fuse", options
 // ro,nosuid,nodev,noatime,default_permissions,allow_other.
@@ -61,8 +62,8 @@
 #include "common/status.h"
 #include "common/unique_fd.h"
 #include "daemon/saved_state.h"
-#include "fs/filesystem.h"
-#include "fs/fs_metrics.h"
+#include "daemon/inflight.h"
+#include "fs/vfs.h"
 
 struct fuse_session;
 
@@ -71,11 +72,6 @@ namespace nydus::daemon {
 struct FuseServerOptions {
   std::string mountpoint;  // canonical, existing directory
   unsigned max_threads = 4;
-  fs::FsMetrics* metrics = nullptr;  // optional; must outlive the session
-  // serve_fuse() only: called once on the calling thread after the mount
-  // exists and before requests are served (the daemon moves to RUNNING and
-  // opens its API).
-  std::function<void()> on_mounted;
   // One cloned /dev/fuse fd per worker (faster under load) or all workers
   // on the session fd. Must be false when a supervisor may take the fd
   // over after a crash (see above).
@@ -99,12 +95,13 @@ struct TakeoverParams {
 // Thread-safety: start(), stop() and unmount() serialize on an internal
 // mutex and may be called from any thread (state-machine actions run on the
 // API thread or the main thread). The accessors may be called concurrently
-// with everything. The filesystem and metrics must outlive the session.
+// with everything, and so may invalidate(). The Vfs must outlive the
+// session.
 class FuseSession {
  public:
   // Mounts `fs` at options.mountpoint. The kernel's FUSE_INIT stays queued
   // until start(). Errors: kIo (mount failed; reason logged by libfuse).
-  static Result<std::unique_ptr<FuseSession>> mount(fs::Filesystem& fs, const FuseServerOptions& options);
+  static Result<std::unique_ptr<FuseSession>> mount(fs::Vfs& vfs, const FuseServerOptions& options);
 
   // Adopts an existing connection: `fuse_fd` must be a /dev/fuse fd of the
   // FUSE mount at options.mountpoint (received from the supervisor). Checks
@@ -116,7 +113,7 @@ class FuseSession {
   // kernel cannot apply is logged, not fatal (as upstream). Errors:
   // kInvalidInput (not /dev/fuse, INIT params not 7.x, the mountpoint is
   // not that connection), kIo.
-  static Result<std::unique_ptr<FuseSession>> take_over(fs::Filesystem& fs, const FuseServerOptions& options,
+  static Result<std::unique_ptr<FuseSession>> take_over(fs::Vfs& vfs, const FuseServerOptions& options,
                                                          UniqueFd fuse_fd, const TakeoverParams& params);
 
   // Stops the workers and closes this process's fd of the connection. Never
@@ -167,8 +164,19 @@ class FuseSession {
   // kUnsupported when the kernel offers no way.
   Result<std::string> apply_failover_policy(FailoverPolicy policy);
 
+  // Tells the kernel that the tree changed under a mount or umount of the
+  // Vfs (fs::VfsChange): drops the cached dentry of change.entry_name, the
+  // cached attributes and listing of its parent, and on umount the
+  // instance root. Only while running (otherwise the kernel holds nothing
+  // newer than what a later lookup returns, and a notification could wait
+  // for a worker that is not there); never from a request handler.
+  void invalidate(const fs::VfsChange& change, bool umount);
+
+  // The requests the workers are handling now (GET /metrics/inflight).
+  std::vector<InflightOp> inflight() const;
+
  private:
-  FuseSession(fs::Filesystem& fs, const FuseServerOptions& options);
+  FuseSession(fs::Vfs& vfs, const FuseServerOptions& options);
   Status create_session();
   Status process_kernel_init();
   void run_libfuse_loop();   // clone_fd: libfuse's multithreaded loop
@@ -209,11 +217,6 @@ ShutdownCause wait_for_shutdown(FuseSession& session);
 // The same for a daemon whose session may not exist yet (waiting in INIT
 // for a takeover): `connection_lost` is polled every 100 ms.
 ShutdownCause wait_for_shutdown(const std::function<bool()>& connection_lost);
-
-// Mount, serve until SIGTERM/SIGINT or until the mount disappears, then
-// stop and unmount. Returns the process exit code: 0 after a clean stop, 1
-// if the mount could not be set up (with the reason logged).
-int serve_fuse(fs::Filesystem& fs, const FuseServerOptions& options);
 
 // nydusd-contract.md §1 start-up crash check, without touching the mount:
 // true when `mountpoint` is (per /proc/self/mountinfo) a FUSE mount with

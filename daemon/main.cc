@@ -28,6 +28,7 @@
 #include "daemon/daemon_service.h"
 #include "daemon/daemon_state.h"
 #include "daemon/fuse_server.h"
+#include "daemon/rafs_instance.h"
 #include "daemon/saved_state.h"
 #include "daemon/supervisor.h"
 #include "fs/filesystem.h"
@@ -76,8 +77,6 @@ void raise_nofile(uint64_t wanted) {
 void warn_unsupported(const CommandLine& cl) {
   if (!cl.dedup_db.empty()) LOG_WARN("--dedup-db is not supported; ignored");
   if (!cl.backend_source.empty()) LOG_INFO("--backend-source %s ignored (not an upstream flag)", cl.backend_source.c_str());
-  if (cl.virtual_mountpoint != "/")
-    LOG_WARN("--virtual-mountpoint %s: only \"/\" is served (no shared mode yet)", cl.virtual_mountpoint.c_str());
 }
 
 Result<std::vector<std::string>> read_prefetch_files(const std::string& path) {
@@ -90,65 +89,6 @@ Result<std::vector<std::string>> read_prefetch_files(const std::string& path) {
     files.push_back(line);
   }
   return files;
-}
-
-Result<std::unique_ptr<backend::BlobBackend>> make_backend(const BackendConfig& config,
-                                                           backend::BackendMetrics* metrics) {
-  if (config.type == "localfs") {
-    return backend::make_localfs_backend({config.dir, config.blob_file, config.alt_dirs, metrics});
-  }
-  if (config.type == "registry") {
-    backend::RegistryConfig registry = config.registry;
-    // nydusd-contract.md §1: IMAGE_PULL_AUTH replaces the config's auth.
-    if (const char* env = std::getenv("IMAGE_PULL_AUTH"); env && *env) registry.auth = env;
-    return backend::make_registry_backend(std::move(registry), metrics);
-  }
-  return Status::unsupported("backend type '" + config.type +
-                             "' is not supported yet (supported: localfs, registry)");
-}
-
-// --prefetch-files, else the bootstrap's prefetch table, else (with
-// prefetch_all) the whole image (nydusd-contract.md §2.6).
-Result<std::vector<bootstrap::ChunkRef>> make_prefetch_plan(const bootstrap::Image& image,
-                                                            const std::vector<std::string>& files,
-                                                            bool prefetch_all) {
-  if (!files.empty()) {
-    std::vector<std::string> missing;
-    auto plan = fs::prefetch_plan_for_paths(image, files, &missing);
-    for (const std::string& path : missing) LOG_WARN("prefetch: %s is not in the image; skipped", path.c_str());
-    return plan;
-  }
-  if (!image.prefetch_table().empty()) return fs::prefetch_plan_for_inodes(image, image.prefetch_table());
-  if (prefetch_all) return fs::prefetch_plan_all(image);
-  return std::vector<bootstrap::ChunkRef>{};
-}
-
-// One line of counters at exit: where the bytes came from.
-void log_metrics(const backend::BackendMetrics& backend, const backend::CacheMetrics& cache,
-                 backend::ChunkReader& reader, uint64_t fuse_bytes_read) {
-  const double mib = 1 << 20;
-  LOG_INFO("metrics: %llu bytes read through FUSE", static_cast<unsigned long long>(fuse_bytes_read));
-  LOG_INFO("metrics: %llu chunk reads, %llu cache hits (%.1f MiB), %llu backend requests for %llu chunks "
-           "(%.1f MiB raw), %llu single-flight waits, %llu corrupt fetches, prefetch %llu/%llu chunks",
-           static_cast<unsigned long long>(cache.chunk_reads.load()),
-           static_cast<unsigned long long>(cache.cache_hits.load()), cache.cache_hit_bytes.load() / mib,
-           static_cast<unsigned long long>(cache.backend_fetches.load()),
-           static_cast<unsigned long long>(cache.backend_chunks.load()), cache.backend_bytes.load() / mib,
-           static_cast<unsigned long long>(cache.singleflight_waits.load()),
-           static_cast<unsigned long long>(cache.corrupt_fetches.load()),
-           static_cast<unsigned long long>(cache.prefetch_done_chunks.load()),
-           static_cast<unsigned long long>(cache.prefetch_planned_chunks.load()));
-  backend.for_each_source([&](const backend::SourceCounters& s) {
-    LOG_INFO("metrics: source %s: %llu requests, %llu errors, %.1f MiB", s.name.c_str(),
-             static_cast<unsigned long long>(s.requests.load()), static_cast<unsigned long long>(s.errors.load()),
-             s.bytes.load() / mib);
-  });
-  if (reader.cache_enabled()) {
-    for (const auto& blob : reader.cache_state())
-      if (blob.cached)
-        LOG_INFO("metrics: blob %s: %u of %u chunks cached%s", blob.blob_id.c_str(), blob.ready_chunks,
-                 blob.chunk_count, blob.fully_cached ? " (fully cached)" : "");
-  }
 }
 
 int run(const CommandLine& cl) {
@@ -165,9 +105,19 @@ int run(const CommandLine& cl) {
     LOG_ERROR("--writable is not supported: RAFS images are read-only");
     return 1;
   }
-  if (cl.bootstrap.empty()) {
-    LOG_ERROR("no --bootstrap: shared mode (mounts through the admin API) is not supported yet");
-    return 1;
+  // Dedicated mode serves the --bootstrap image; shared mode (no
+  // --bootstrap) starts empty and mounts images through the admin API.
+  const bool dedicated = !cl.bootstrap.empty();
+  if (!dedicated) {
+    if (cl.apisock.empty()) {
+      LOG_ERROR("neither --bootstrap nor --apisock: nothing to serve (shared mode mounts images through the API)");
+      return 1;
+    }
+    if (!cl.prefetch_files.empty()) {
+      LOG_ERROR("--prefetch-files needs --bootstrap");
+      return 1;
+    }
+    if (!cl.config.empty()) LOG_INFO("--config without --bootstrap is not used (shared mode takes configs per mount)");
   }
   warn_unsupported(cl);
   raise_nofile(cl.rlimit_nofile);
@@ -199,107 +149,52 @@ int run(const CommandLine& cl) {
     mountpoint = resolved;
   }
 
-  Result<RafsConfig> config = Status::invalid("config: need --config or --localfs-dir");
-  if (!cl.config.empty()) config = load_config_file(cl.config);
-  else if (!cl.localfs_dir.empty()) config = localfs_dir_config(cl.localfs_dir);
-  if (!config.ok()) {
-    LOG_ERROR("%s", config.status().message().c_str());
-    return 1;
-  }
-  std::vector<std::string> prefetch_files;
-  if (!cl.prefetch_files.empty()) {
-    auto files = read_prefetch_files(cl.prefetch_files);
-    if (!files.ok()) {
-      LOG_ERROR("%s", files.status().message().c_str());
-      return 1;
-    }
-    prefetch_files = std::move(files).value();
-  }
-  if (config->cache.type == "fscache") {
-    LOG_ERROR("cache type 'fscache' needs the singleton service, which is not supported");
-    return 1;
-  }
-  if (config->cache.compressed)
-    LOG_WARN("device.cache.compressed: the raw (.blob.raw) cache is not supported; caching uncompressed data");
-
-  auto image = bootstrap::Image::open(cl.bootstrap);
-  if (!image.ok()) {
-    LOG_ERROR("%s", image.status().message().c_str());
-    return 1;
-  }
-  // gzip chunks (eStargz, zran) need a decoder we do not have yet: refuse
-  // the mount rather than fail every read later.
-  for (const auto& blob : (*image)->blobs()) {
-    if (blob.compressor == bootstrap::Compressor::kGzip) {
-      LOG_ERROR("bootstrap %s: blob %s uses gzip chunks (eStargz/zran), which are not supported yet",
-                cl.bootstrap.c_str(), blob.id.c_str());
-      return 1;
-    }
-  }
-  backend::BackendMetrics backend_metrics;
-  auto backend = make_backend(config->backend, &backend_metrics);
-  if (!backend.ok()) {
-    LOG_ERROR("%s", backend.status().message().c_str());
-    return 1;
-  }
-  LOG_INFO("bootstrap %s: RAFS v%u, %zu blob(s), %llu inodes, chunk size %u, %s/%s", cl.bootstrap.c_str(),
-           (*image)->super().version, (*image)->blobs().size(),
-           static_cast<unsigned long long>((*image)->super().inodes_count), (*image)->super().chunk_size,
-           bootstrap::compressor_name((*image)->super().compressor),
-           bootstrap::digester_name((*image)->super().digester));
-
-  backend::CacheMetrics cache_metrics;
-  backend::ChunkReaderOptions reader_options;
-  reader_options.validate_digest = config->digest_validate;
-  reader_options.work_dir = config->cache.work_dir;
-  reader_options.cache = config->cache.type == "blobcache" || config->cache.type == "filecache";
-  reader_options.cache_validate = config->cache.validate;
-  // Bytes from the network are always checked before they are cached or
-  // returned; a local directory is trusted unless digest_validate is on.
-  reader_options.verify_fetched = config->backend.type != "localfs";
-  reader_options.merge_bytes = config->amplify_io;
-  reader_options.fetch_attempts = 1 + (config->backend.type == "registry" ? config->backend.registry.retry_limit : 0);
-  reader_options.metrics = &cache_metrics;
-  auto reader = std::make_unique<backend::ChunkReader>((*image)->blobs(), std::move(backend).value(),
-                                                       reader_options);
-  fs::FsOptions fs_options;
-  fs_options.enable_xattr = config->enable_xattr;
-  fs_options.default_uid = getuid();
-  fs_options.default_gid = getgid();
-  fs_options.amplify_bytes = reader_options.cache ? config->amplify_io : 0;
-  fs::FsMetrics fs_metrics(cl.virtual_mountpoint,
-                           fs::FsMetricsOptions{config->iostats_files, config->access_pattern,
-                                                config->latest_read_files, true});
-  backend::ChunkReader& chunk_reader = *reader;
-  const bootstrap::Image& image_ref = **image;
-  fs::Filesystem filesystem(std::move(image).value(), std::move(reader), fs_options);
-
-  // Declared after the filesystem so that it stops (joins) first.
-  std::unique_ptr<backend::Prefetcher> prefetcher;
-  if (config->prefetch.enable) {
-    if (!reader_options.cache) {
-      LOG_WARN("fs_prefetch.enable: prefetch needs a blob cache (cache.type blobcache); not prefetching");
-    } else {
-      auto plan = make_prefetch_plan(image_ref, prefetch_files, config->prefetch.prefetch_all);
-      if (!plan.ok()) {
-        LOG_WARN("prefetch: %s; not prefetching", plan.status().message().c_str());
-      } else if (!plan->empty()) {
-        prefetcher = std::make_unique<backend::Prefetcher>(
-            chunk_reader,
-            backend::PrefetchOptions{config->prefetch.threads, config->prefetch.merging_size,
-                                     config->prefetch.bandwidth_rate},
-            &cache_metrics);
-        prefetcher->start(std::move(plan).value());
+  // The tree the FUSE session serves. Declared before the session and the
+  // service, which use it, so that it goes last.
+  fs::Vfs vfs;
+  std::shared_ptr<RafsInstance> dedicated_instance;
+  if (dedicated) {
+    RafsMountSpec spec;
+    spec.mountpoint = cl.virtual_mountpoint;
+    spec.source = cl.bootstrap;
+    Result<RafsConfig> config = Status::invalid("config: need --config or --localfs-dir");
+    if (!cl.config.empty()) {
+      std::ifstream in(cl.config);
+      if (!in) {
+        LOG_ERROR("cannot read config file %s: %s", cl.config.c_str(), std::strerror(errno));
+        return 1;
       }
+      spec.config_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      config = load_config_file(cl.config);
+    } else if (!cl.localfs_dir.empty()) {
+      config = localfs_dir_config(cl.localfs_dir);
     }
-  } else if (!prefetch_files.empty()) {
-    LOG_INFO("--prefetch-files given but fs_prefetch.enable is false: not prefetching");
+    if (!config.ok()) {
+      LOG_ERROR("%s", config.status().message().c_str());
+      return 1;
+    }
+    spec.config = std::move(config).value();
+    if (!cl.prefetch_files.empty()) {
+      auto files = read_prefetch_files(cl.prefetch_files);
+      if (!files.ok()) {
+        LOG_ERROR("%s", files.status().message().c_str());
+        return 1;
+      }
+      spec.prefetch_files = std::move(files).value();
+    }
+    // nydusd-contract.md §1: IMAGE_PULL_AUTH replaces the config's auth.
+    if (const char* env = std::getenv("IMAGE_PULL_AUTH"); env && *env) spec.auth_override = env;
+    auto instance = RafsInstance::create(std::move(spec));
+    if (!instance.ok()) {
+      LOG_ERROR("%s", instance.status().message().c_str());
+      return 1;
+    }
+    dedicated_instance = std::move(instance).value();
   }
 
   FuseServerOptions server_options;
   server_options.mountpoint = mountpoint;
   server_options.max_threads = cl.threads;
-  server_options.metrics = &fs_metrics;
   // A supervisor may take the connection over after a crash: every worker
   // must then read the shared session fd (fuse_server.h).
   server_options.clone_fd = cl.supervisor.empty();
@@ -327,22 +222,26 @@ int run(const CommandLine& cl) {
     });
   };
   actions.umount = [&] { return with_session([](FuseSession& s) { return s.unmount(); }); };
+  // Set below: the service exists only once the state machine does.
+  DaemonService* service_ptr = nullptr;
   actions.restore = [&]() -> Status {
-    // Dedicated mode rebuilds its one instance from its own argv (the
-    // snapshotter restarts it with the same argv); the supervisor supplies
-    // the connection and how the kernel initialized it.
+    // The supervisor supplies the connection, how the kernel initialized
+    // it, and the mounts. Dedicated mode has attached its own instance from
+    // its argv already (the snapshotter restarts it with the same argv);
+    // every other saved mount is rebuilt at its old Vfs index.
     NYDUS_ASSIGN(auto received, receive_state(cl.supervisor, std::chrono::steady_clock::now() +
                                                                  std::chrono::seconds(10)));
     NYDUS_ASSIGN(const DaemonSavedState saved, decode_saved_state(received.data));
-    if (saved.mounts.size() != 1 || saved.mounts[0].source != cl.bootstrap)
+    if (dedicated && (saved.mounts.size() != 1 || saved.mounts[0].source != cl.bootstrap))
       LOG_WARN("takeover: the saved state describes %zu mount(s), not this daemon's bootstrap %s; serving %s",
                saved.mounts.size(), cl.bootstrap.c_str(), cl.bootstrap.c_str());
-    NYDUS_ASSIGN(auto adopted, FuseSession::take_over(filesystem, server_options, std::move(received.fd),
+    if (!dedicated) NYDUS_TRY(service_ptr->restore(saved));
+    NYDUS_ASSIGN(auto adopted, FuseSession::take_over(vfs, server_options, std::move(received.fd),
                                                       TakeoverParams{saved.fuse_conn_id, saved.fuse_init, *policy}));
     std::lock_guard<std::mutex> lock(session_mu);
     session = std::move(adopted);
-    LOG_INFO("took over FUSE connection %llu at %s", static_cast<unsigned long long>(saved.fuse_conn_id),
-             mountpoint.c_str());
+    LOG_INFO("took over FUSE connection %llu at %s with %zu mount(s)",
+             static_cast<unsigned long long>(saved.fuse_conn_id), mountpoint.c_str(), saved.mounts.size());
     return Status::Ok();
   };
   DaemonStateMachine state(actions);
@@ -351,22 +250,35 @@ int run(const CommandLine& cl) {
   if (!cl.id.empty()) daemon_id = cl.id;
   if (!cl.supervisor.empty()) supervisor = cl.supervisor;
   DaemonService service(BuildInfo{package_version(), git_commit(), build_time(), build_profile(), compiler_version()},
-                        daemon_id, supervisor, state);
-  service.add_instance(RafsInstance{cl.virtual_mountpoint, cl.bootstrap, *config, std::chrono::system_clock::now(),
-                                    &filesystem, &chunk_reader, &backend_metrics, &cache_metrics, &fs_metrics});
-  std::string config_text;
-  if (!cl.config.empty()) {
-    std::ifstream in(cl.config);
-    config_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+                        daemon_id, supervisor, state, vfs);
+  service_ptr = &service;
+  if (dedicated_instance) {
+    if (Status s = service.attach(dedicated_instance); !s.ok()) {
+      LOG_ERROR("--virtual-mountpoint %s: %s", cl.virtual_mountpoint.c_str(), s.message().c_str());
+      return 1;
+    }
   }
+  // Shared mode: the kernel must forget what it cached of a path that an
+  // API mount or umount changed (runs on the API thread).
+  vfs.set_on_mount([&](const fs::VfsChange& change) {
+    std::lock_guard<std::mutex> lock(session_mu);
+    if (session) session->invalidate(change, false);
+  });
+  vfs.set_on_umount([&](const fs::VfsChange& change) {
+    std::lock_guard<std::mutex> lock(session_mu);
+    if (session) session->invalidate(change, true);
+  });
+  service.set_inflight([&]() -> std::vector<InflightOp> {
+    std::lock_guard<std::mutex> lock(session_mu);
+    return session ? session->inflight() : std::vector<InflightOp>{};
+  });
   service.set_send_state([&]() -> ControlStatus {
     if (cl.supervisor.empty()) return ControlError::daemon("no --supervisor given");
+    DaemonSavedState saved = service.saved_state();  // before session_mu: lock order service, session
     std::lock_guard<std::mutex> lock(session_mu);
     if (!session || !session->initialized() || !session->init_params()) return ControlError::not_ready();
-    DaemonSavedState saved;
     saved.fuse_conn_id = session->conn_id();
     saved.fuse_init = *session->init_params();
-    saved.mounts.push_back(SavedMount{cl.virtual_mountpoint, "rafs", cl.bootstrap, config_text, prefetch_files, 0, 0});
     const std::vector<uint8_t> bytes = encode_saved_state(saved);
     Status s = send_state(cl.supervisor, bytes, session->fd());
     if (!s.ok()) return ControlError::daemon(s.message());
@@ -374,7 +286,7 @@ int run(const CommandLine& cl) {
   });
 
   if (!take_over) {
-    auto mounted = FuseSession::mount(filesystem, server_options);
+    auto mounted = FuseSession::mount(vfs, server_options);
     if (!mounted.ok()) {
       LOG_ERROR("%s", mounted.status().message().c_str());
       return 1;
@@ -424,14 +336,12 @@ int run(const CommandLine& cl) {
   if (cause == ShutdownCause::kConnectionLost) LOG_INFO("the FUSE connection ended (unmounted); exiting");
   if (Status s = state.trigger_stop(); !s.ok()) LOG_WARN("stopping: %s", s.message().c_str());
   if (api) api->stop();
-  if (prefetcher) prefetcher->stop();
   {
     std::lock_guard<std::mutex> lock(session_mu);
     session.reset();  // never unmounts by itself
   }
-  const int rc = 0;
-  log_metrics(backend_metrics, cache_metrics, chunk_reader, filesystem.bytes_read());
-  return rc;
+  for (const auto& instance : service.instances()) instance->log_summary();
+  return 0;
 }
 
 }  // namespace

@@ -308,6 +308,7 @@ check_python() {  # OUTPUT LABEL
 # metric LOG FIELD: one number from nydusd's exit lines
 metric() {
   awk -v f="$2" '
+    {sub(/metrics [^ ]+: /, "metrics: ")}  # "metrics <mountpoint>: ..."
     /metrics: [0-9]+ bytes read through FUSE/ {for (i = 1; i <= NF; i++) if ($i == "metrics:") v["fuse"] = $(i + 1)}
     /metrics: [0-9]+ chunk reads/ {
       line = $0; sub(/.*metrics: /, "", line); gsub(/[(),]/, " ", line); n = split(line, w, " ")

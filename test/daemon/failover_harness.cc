@@ -33,6 +33,7 @@
 #include "common/log.h"
 #include "daemon/fuse_ops.h"
 #include "daemon/fuse_server.h"
+#include "fs/vfs.h"
 #include "daemon/saved_state.h"
 #include "daemon/supervisor.h"
 #include "fs/filesystem.h"
@@ -121,17 +122,24 @@ std::unique_ptr<fs::Filesystem> open_fs(const Args& a) {
   return std::make_unique<fs::Filesystem>(std::move(image).value(), std::move(reader), fs_options);
 }
 
+// The filesystem attached at "/" of a Vfs, as a dedicated daemon serves it.
+std::unique_ptr<fs::Vfs> open_vfs(const Args& a) {
+  auto vfs = std::make_unique<fs::Vfs>();
+  if (auto m = vfs->mount("/", std::shared_ptr<fs::Filesystem>(open_fs(a))); !m.ok()) die(m.status().message());
+  return vfs;
+}
+
 void ready(uint64_t conn) {
   std::printf("READY %llu\n", static_cast<unsigned long long>(conn));
   std::fflush(stdout);
 }
 
 int serve(const Args& a) {
-  auto filesystem = open_fs(a);
+  auto vfs = open_vfs(a);
   FuseServerOptions options;
   options.mountpoint = a.mountpoint;
   options.clone_fd = a.clone_fd;
-  auto session = FuseSession::mount(*filesystem, options);
+  auto session = FuseSession::mount(*vfs, options);
   if (!session.ok()) die(session.status().message());
   if (Status s = (*session)->start(); !s.ok()) die(s.message());
 
@@ -156,12 +164,12 @@ int take_over(const Args& a) {
   if (!received.ok()) die(received.status().message());
   auto state = decode_saved_state(received->data);
   if (!state.ok()) die(state.status().message());
-  auto filesystem = open_fs(a);
+  auto vfs = open_vfs(a);
   FuseServerOptions options;
   options.mountpoint = a.mountpoint;
   options.clone_fd = a.clone_fd;
   TakeoverParams params{state->fuse_conn_id, state->fuse_init, a.policy};
-  auto session = FuseSession::take_over(*filesystem, options, std::move(received->fd), params);
+  auto session = FuseSession::take_over(*vfs, options, std::move(received->fd), params);
   if (!session.ok()) die(session.status().message());
   if (!a.start_after_file.empty()) {
     // The snapshotter's hot-upgrade order: takeover (READY) while the old
@@ -185,9 +193,9 @@ int take_over(const Args& a) {
 int raw_no_init(const Args& a) {
   auto received = receive_state(a.supervisor, std::chrono::steady_clock::now() + std::chrono::seconds(10));
   if (!received.ok()) die(received.status().message());
-  auto filesystem = open_fs(a);
+  auto vfs = open_vfs(a);
   FuseContext context;
-  context.fs = filesystem.get();
+  context.vfs = vfs.get();
   std::vector<std::string> storage = {"nydusd"};
   std::vector<char*> argv;
   for (auto& s : storage) argv.push_back(s.data());

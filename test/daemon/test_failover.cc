@@ -35,6 +35,7 @@
 
 #include "common/digest.h"
 #include "daemon/fuse_server.h"
+#include "fs/vfs.h"
 #include "daemon/saved_state.h"
 #include "daemon/supervisor.h"
 #include "test/daemon/test_supervisor.h"
@@ -948,7 +949,8 @@ TEST_CASE("in-process: stop/start, exit without unmount, takeover, unmount", "[m
   const std::string mnt = dir / "mnt";
   const std::string sup_path = dir / "supervisor.sock";
   std::filesystem::create_directory(mnt);
-  auto filesystem = fixture_fs();
+  fs::Vfs vfs;
+  REQUIRE(vfs.mount("/", std::shared_ptr<fs::Filesystem>(fixture_fs())).ok());
   FuseServerOptions options;
   options.mountpoint = mnt;
   options.clone_fd = false;
@@ -959,7 +961,7 @@ TEST_CASE("in-process: stop/start, exit without unmount, takeover, unmount", "[m
   Cleanup cleanup{mnt, {}, &readers};
   test::TestSupervisor sup(sup_path);
 
-  auto mounted = FuseSession::mount(*filesystem, options);
+  auto mounted = FuseSession::mount(vfs, options);
   REQUIRE(mounted.ok());
   session = std::move(mounted).value();
   CHECK_FALSE(session->initialized());  // INIT waits for start()
@@ -1023,17 +1025,17 @@ TEST_CASE("in-process: stop/start, exit without unmount, takeover, unmount", "[m
   // A wrong connection id is refused before anything is touched.
   {
     UniqueFd copy(fcntl(received->fd.get(), F_DUPFD_CLOEXEC, 3));
-    auto wrong = FuseSession::take_over(*filesystem, options, std::move(copy),
+    auto wrong = FuseSession::take_over(vfs, options, std::move(copy),
                                         TakeoverParams{saved->fuse_conn_id + 1, saved->fuse_init, FailoverPolicy::kNone});
     CHECK(wrong.status().code() == Code::kInvalidInput);
   }
   // Not /dev/fuse.
   {
-    auto not_fuse = FuseSession::take_over(*filesystem, options, UniqueFd(open("/dev/null", O_RDWR | O_CLOEXEC)),
+    auto not_fuse = FuseSession::take_over(vfs, options, UniqueFd(open("/dev/null", O_RDWR | O_CLOEXEC)),
                                            TakeoverParams{0, saved->fuse_init, FailoverPolicy::kNone});
     CHECK(not_fuse.status().code() == Code::kInvalidInput);
   }
-  auto adopted = FuseSession::take_over(*filesystem, options, std::move(received->fd),
+  auto adopted = FuseSession::take_over(vfs, options, std::move(received->fd),
                                         TakeoverParams{saved->fuse_conn_id, saved->fuse_init, FailoverPolicy::kResend});
   REQUIRE(adopted.ok());
   session = std::move(adopted).value();

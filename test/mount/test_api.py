@@ -50,22 +50,30 @@ def call(sock, method, path, body=None):
 
 
 class SnapshotterLikeDaemon:
-    """Starts nydusd with the dedicated-mode argv of §4.2 in an R/ layout."""
+    """Starts nydusd with the argv of §4.2 in an R/ layout: dedicated mode
+    (the V6 fixture at R/snapshots/42/mnt) with a config, shared mode
+    (config=None: no --config, no --bootstrap, mountpoint R/mnt) without."""
 
     def __init__(self, root, config, daemon_id="cq1fk6f5ntt0000abcde", extra=(), binary=None,
                  apisock_name="api.sock"):
         self.root = pathlib.Path(root)
         self.id = daemon_id
+        self.shared = config is None
         for d in (f"config/{daemon_id}", f"socket/{daemon_id}", f"logs/{daemon_id}", "supervisor",
-                  "snapshots/42/mnt", "cache"):
+                  "snapshots/42/mnt", "mnt", "cache"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self.config_path = self.root / f"config/{daemon_id}/config.json"
-        self.config_path.write_text(json.dumps(config))
-        self.mountpoint = self.root / "snapshots/42/mnt"
+        if self.shared:
+            image_args = []
+            self.mountpoint = self.root / "mnt"
+        else:
+            self.config_path.write_text(json.dumps(config))
+            image_args = ["--config", str(self.config_path), "--bootstrap", str(V6_BOOT)]
+            self.mountpoint = self.root / "snapshots/42/mnt"
         self.sock = self.root / f"socket/{daemon_id}/{apisock_name}"
         self.log_path = self.root / f"logs/{daemon_id}/nydusd.log"
         self.argv = [str(binary or NYDUSD), "fuse", *extra, "--thread-num", "4", "--id", daemon_id,
-                     "--config", str(self.config_path), "--bootstrap", str(V6_BOOT),
+                     *image_args,
                      "--mountpoint", str(self.mountpoint), "--apisock", str(self.sock),
                      "--log-level", "info", "--log-rotation-size", "100",
                      "--supervisor", str(self.root / f"supervisor/{daemon_id}.sock"),

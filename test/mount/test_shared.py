@@ -1,0 +1,287 @@
+"""Shared mode: one nydusd, one FUSE mount at R/mnt, each image attached at
+R/mnt/<sid> through the admin API, driven as nydus-snapshotter drives it
+(nydusd-contract.md §4.2 shared argv, §4.4 B, C, D, E; §5 for failover).
+"""
+import hashlib
+import json
+import os
+import signal
+import time
+
+from conftest import fixture_path, mount_entry, mounted, sha256_file, walk_tree
+from test_api import LIB_RS_SHA256, V6_BLOBS, V6_BOOT, SnapshotterLikeDaemon, call
+from test_failover import Supervisor, send_states, wait_state
+
+V5_BOOT = fixture_path("repeatable/sha256-nocompress-repeatable")
+V5_BLOBS = fixture_path("repeatable/blobs")
+SYNC_IO_SHA256 = "e629ab260ff0dc02a24648a3e0dd8c13a5daf233d535c330e3201925f5eeff96"
+
+
+def instance_config(sid, blob_dir, work_dir, prefetch=False):
+    """The per-instance config of §4.3 (device.id "/<sid>"), localfs backend."""
+    return {"device": {"id": f"/{sid}",
+                       "backend": {"type": "localfs", "config": {"dir": str(blob_dir), "readahead": False}},
+                       "cache": {"type": "blobcache", "config": {"work_dir": str(work_dir),
+                                                                 "disable_indexed_map": False}}},
+            "mode": "direct", "digest_validate": False, "enable_xattr": True, "amplify_io": 1048576,
+            "iostats_files": True, "access_pattern": True, "latest_read_files": True,
+            "fs_prefetch": {"enable": prefetch, "prefetch_all": True, "threads_count": 2, "merging_size": 1048576}}
+
+
+def post_mount(d, sid, bootstrap, blob_dir, prefetch_files=None, prefetch=False, work_dir=None):
+    """§4.4 B.2: write the instance config, POST it as a string."""
+    config = instance_config(sid, blob_dir, work_dir or d.root / "cache", prefetch=prefetch)
+    path = d.root / f"config/{d.id}/{sid}/config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config))
+    body = {"fs_type": "rafs", "source": str(bootstrap), "config": path.read_text()}
+    if prefetch_files is not None:
+        body["prefetch_files"] = prefetch_files
+    return call(d.sock, "POST", f"/api/v1/mount?mountpoint=%2F{sid}", body)
+
+
+def tree_digests(root):
+    """{relative path: (mode, size, sha256 or link target)} of everything under root."""
+    out = {}
+    for rel, st in walk_tree(root).items():
+        full = os.path.join(root, rel)
+        if os.path.islink(full):
+            content = os.readlink(full)
+        elif os.path.isfile(full):
+            content = sha256_file(full)
+        else:
+            content = None
+        out[rel] = (st.st_mode, st.st_size, content)
+    return out
+
+
+def dedicated_tree(bootstrap, blob_dir):
+    """The same image served by a dedicated daemon: the reference."""
+    with mounted(bootstrap, blob_dir=blob_dir) as d:
+        return tree_digests(d.mountpoint)
+
+
+def test_shared_mode_snapshotter_sequence(tmp_path):
+    v5_reference = dedicated_tree(V5_BOOT, V5_BLOBS)
+    supervisor = Supervisor(tmp_path / "supervisor" / "cq1fk6f5ntt0000abcde.sock")
+    d = SnapshotterLikeDaemon(tmp_path, None)
+    try:
+        # §4.4 B.1: the shared daemon starts empty and RUNNING.
+        d.wait_socket()
+        liveness = __import__("socket").socket(__import__("socket").AF_UNIX)
+        liveness.connect(str(d.sock))
+        wait_state(d.sock, "RUNNING", timeout=2)
+        status, info, _ = call(d.sock, "GET", "/api/v1/daemon")
+        assert status == 200 and info["backend_collection"] == {}
+        assert mount_entry(d.mountpoint)["source"] == "rafs"
+        assert os.listdir(d.mountpoint) == []
+        # No instance: metrics without an id have nobody to answer.
+        assert call(d.sock, "GET", "/api/v1/metrics")[0] == 404
+
+        # §4.4 B.2 for three snapshots: two of the same image, one other.
+        images = {"42": (V6_BOOT, V6_BLOBS), "43": (V6_BOOT, V6_BLOBS), "44": (V5_BOOT, V5_BLOBS)}
+        for sid, (boot, blobs) in images.items():
+            status, body, _ = post_mount(d, sid, boot, blobs)
+            assert status == 204, body
+            wait_state(d.sock, "RUNNING")
+            send_states(d, supervisor)
+            # WaitUntilReady: blobcache by device.id.
+            status, cache, _ = call(d.sock, "GET", f"/api/v1/metrics/blobcache?id=%2F{sid}")
+            assert status == 200
+            assert all(name.endswith(".blob.data") for name in cache["underlying_files"])
+        assert sorted(os.listdir(d.mountpoint)) == ["42", "43", "44"]
+        status, info, _ = call(d.sock, "GET", "/api/v1/daemon")
+        assert sorted(info["backend_collection"]) == ["/42", "/43", "/44"]
+        assert info["backend_collection"]["/44"]["config"]["backend"]["type"] == "localfs"
+
+        # The images are served at R/mnt/<sid>, each its own tree.
+        for sid in ("42", "43"):
+            assert sha256_file(d.mountpoint / sid / "lib.rs") == LIB_RS_SHA256
+            assert sha256_file(d.mountpoint / sid / "sync_io.rs") == SYNC_IO_SHA256
+        assert tree_digests(d.mountpoint / "44") == v5_reference
+        # Distinct inodes per instance, as the kernel sees them.
+        st42, st43 = os.stat(d.mountpoint / "42" / "lib.rs"), os.stat(d.mountpoint / "43" / "lib.rs")
+        assert st42.st_ino != st43.st_ino and st42.st_dev == st43.st_dev
+
+        # A second POST of a mounted path: 500 AlreadyExists (the hot-upgrade
+        # re-POST relies on exactly this), and nothing changes.
+        status, body, _ = post_mount(d, "42", V6_BOOT, V6_BLOBS)
+        assert status == 500 and "already exists" in body["message"], body
+        # A bad config or bootstrap: 500 naming the problem, no mount left.
+        bad = call(d.sock, "POST", "/api/v1/mount?mountpoint=%2F45",
+                   {"fs_type": "rafs", "source": str(V6_BOOT), "config": "{not json"})
+        assert bad[0] == 500 and "config" in bad[1]["message"], bad
+        bad = call(d.sock, "POST", "/api/v1/mount?mountpoint=%2F45",
+                   {"fs_type": "rafs", "source": str(tmp_path / "missing.boot"),
+                    "config": json.dumps(instance_config("45", V6_BLOBS, tmp_path / "cache"))})
+        assert bad[0] == 500 and "missing.boot" in bad[1]["message"], bad
+        assert not (d.mountpoint / "45").exists()
+
+        # §4.4 D: metrics per instance (?id=/<sid>); without an id there are
+        # several instances, so no answer; a read of n bytes adds n.
+        status, before, _ = call(d.sock, "GET", "/api/v1/metrics?id=%2F43")
+        assert status == 200 and before["id"] == "/43"
+        size = os.path.getsize(d.mountpoint / "43" / "sync_io.rs")
+        fd = os.open(d.mountpoint / "43" / "sync_io.rs", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert len(os.read(fd, size + 100)) == size
+        finally:
+            os.close(fd)
+        status, after, _ = call(d.sock, "GET", "/api/v1/metrics?id=%2F43")
+        assert after["data_read"] - before["data_read"] == size
+        assert after["fop_hits"][4] > before["fop_hits"][4]
+        status, other, _ = call(d.sock, "GET", "/api/v1/metrics?id=%2F42")
+        assert status == 200 and other["data_read"] < after["data_read"] + 1
+        assert call(d.sock, "GET", "/api/v1/metrics")[0] == 404
+        assert call(d.sock, "GET", "/api/v1/metrics/files?id=%2F44")[0] == 200
+        assert call(d.sock, "GET", "/api/v1/metrics/backend?id=%2F44")[0] == 200
+        status, pattern, _ = call(d.sock, "GET", "/api/v1/metrics/pattern?id=%2F44")
+        assert status == 200 and pattern
+        # Hung-IO poll: nothing in flight now.
+        assert call(d.sock, "GET", "/api/v1/metrics/inflight")[0] == 204
+
+        # §4.4 E: credential renewal for one instance (localfs has none: 500
+        # saying so, not a crash); an unknown id is 500 too.
+        status, body, _ = call(d.sock, "PUT", "/api/v1/config?id=%2F42", {"registry_auth": "dXNlcjpwYXNz"})
+        assert status == 500 and "credentials" in body["message"]
+
+        # §4.4 C.1: DELETE, then SendStates. The path disappears, the others stay.
+        held = open(d.mountpoint / "42" / "lib.rs", "rb")  # an open file survives the umount
+        status, body, _ = call(d.sock, "DELETE", "/api/v1/mount?mountpoint=%2F42")
+        assert status == 204, body
+        send_states(d, supervisor)
+        assert sorted(os.listdir(d.mountpoint)) == ["43", "44"]
+        assert not (d.mountpoint / "42").exists()
+        assert call(d.sock, "GET", "/api/v1/metrics?id=%2F42")[0] == 404
+        assert sha256_file(d.mountpoint / "43" / "lib.rs") == LIB_RS_SHA256
+        assert hashlib.sha256(held.read()).hexdigest() == LIB_RS_SHA256
+        held.close()
+        status, body, _ = call(d.sock, "DELETE", "/api/v1/mount?mountpoint=%2F42")
+        assert status == 500 and "doesn't exist" in body["message"], body
+        # The same path again, with another image: a fresh instance.
+        status, body, _ = post_mount(d, "42", V5_BOOT, V5_BLOBS)
+        assert status == 204, body
+        assert tree_digests(d.mountpoint / "42") == v5_reference
+
+        # Smoke test: prefetch_files ["/"] fills the cache (prefetch_data_amount
+        # > 0). A cache of its own: the shared one already holds every chunk.
+        (tmp_path / "cache46").mkdir()
+        status, body, _ = post_mount(d, "46", V6_BOOT, V6_BLOBS, prefetch_files=["/"], prefetch=True,
+                                     work_dir=tmp_path / "cache46")
+        assert status == 204, body
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status, cache, _ = call(d.sock, "GET", "/api/v1/metrics/blobcache?id=%2F46")
+            if cache["prefetch_data_amount"] > 0:
+                break
+            time.sleep(0.05)
+        assert cache["prefetch_data_amount"] > 0
+        # Relative prefetch paths are refused.
+        status, body, _ = post_mount(d, "47", V6_BOOT, V6_BLOBS, prefetch_files=["etc"], prefetch=True)
+        assert status == 500 and "prefetch" in body["message"], body
+
+        # §4.4 C.2: destroy: SIGTERM, wait, the mount is gone, the socket too.
+        liveness.close()
+        assert d.stop() == 0
+        assert mount_entry(d.mountpoint) is None
+        assert not d.sock.exists()
+    finally:
+        d.stop()
+        supervisor.close()
+
+
+def test_shared_mode_crash_failover_restores_every_mount(tmp_path):
+    """§5 with a shared daemon: mounts restored at their VFS indexes from the
+    saved state; readers of every instance see no error; the kernel's
+    inodes keep their meaning; the snapshotter's re-POST gets AlreadyExists."""
+    supervisor = Supervisor(tmp_path / "supervisor" / "cq1fk6f5ntt0000abcde.sock")
+    d = SnapshotterLikeDaemon(tmp_path, None)
+    successor = None
+    try:
+        d.wait_socket()
+        wait_state(d.sock, "RUNNING")
+        for sid in ("42", "43", "44"):
+            assert post_mount(d, sid, V6_BOOT, V6_BLOBS)[0] == 204
+        # Index 1 freed, so the restore must not simply renumber in order.
+        assert call(d.sock, "DELETE", "/api/v1/mount?mountpoint=%2F42")[0] == 204
+        assert post_mount(d, "45", V5_BOOT, V5_BLOBS)[0] == 204
+        v5_tree = tree_digests(d.mountpoint / "45")
+        send_states(d, supervisor)
+        inodes = {sid: os.stat(d.mountpoint / sid / "lib.rs").st_ino for sid in ("43", "44")}
+
+        errors, reads = [], [0]
+        import threading
+        stop = threading.Event()
+
+        def reader(sid):
+            path = d.mountpoint / sid / "lib.rs"
+            while not stop.is_set():
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        data = os.read(fd, 1 << 20)
+                    finally:
+                        os.close(fd)
+                    if hashlib.sha256(data).hexdigest() != LIB_RS_SHA256:
+                        errors.append(f"{sid}: wrong bytes")
+                    reads[0] += 1
+                except OSError as error:
+                    errors.append(f"{sid}: {error!r}")
+
+        threads = [threading.Thread(target=reader, args=(sid,), daemon=True) for sid in ("43", "44")]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        d.proc.kill()
+        d.proc.wait()
+        sender = supervisor.send_in_background()
+        successor = SnapshotterLikeDaemon(tmp_path, None)
+        successor.wait_socket()
+        wait_state(successor.sock, "INIT")
+        status, body, _ = call(successor.sock, "PUT", "/api/v1/daemon/fuse/takeover")
+        assert status == 204, body
+        sender.join(5)
+        wait_state(successor.sock, "READY")
+        assert call(successor.sock, "PUT", "/api/v1/daemon/start")[0] == 204
+        wait_state(successor.sock, "RUNNING")
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert errors == [], errors[:5]
+        assert reads[0] > 10
+
+        status, info, _ = call(successor.sock, "GET", "/api/v1/daemon")
+        assert sorted(info["backend_collection"]) == ["/43", "/44", "/45"]
+        assert sorted(os.listdir(d.mountpoint)) == ["43", "44", "45"]
+        assert {sid: os.stat(d.mountpoint / sid / "lib.rs").st_ino for sid in ("43", "44")} == inodes
+        assert tree_digests(d.mountpoint / "45") == v5_tree
+        # §5 hot-upgrade step 6 behaviour: the re-POST of a restored mount.
+        status, body, _ = post_mount(successor, "43", V6_BOOT, V6_BLOBS)
+        assert status == 500 and "already exists" in body["message"]
+        # The restored daemon manages its mounts as before.
+        assert call(successor.sock, "DELETE", "/api/v1/mount?mountpoint=%2F44")[0] == 204
+        assert sorted(os.listdir(d.mountpoint)) == ["43", "45"]
+        send_states(successor, supervisor)
+        assert successor.stop() == 0
+        assert mount_entry(d.mountpoint) is None
+    finally:
+        if successor is not None:
+            successor.stop()
+        d.stop()
+        supervisor.close()
+
+
+def test_shared_daemon_refuses_what_it_cannot_serve(tmp_path):
+    """Without --bootstrap and without --apisock nothing could ever be
+    mounted: a clear error instead of an idle daemon."""
+    import subprocess
+    from conftest import NYDUSD
+    (tmp_path / "mnt").mkdir()
+    proc = subprocess.run([str(NYDUSD), "fuse", "--mountpoint", str(tmp_path / "mnt"), "--log-level", "info"],
+                          capture_output=True, text=True, timeout=10)
+    assert proc.returncode != 0
+    assert "--apisock" in proc.stderr + proc.stdout
+    assert mount_entry(tmp_path / "mnt") is None
