@@ -519,3 +519,42 @@ def test_registry_token_given_up_front(image, tmp_path):
         with mounted(image["bootstrap"], config=write(tmp_path, config)) as d:
             assert read_all(d.mountpoint) == image["digests"]
         assert tokens.count() == before
+
+
+def test_inflight_lists_a_read_stuck_on_the_registry(image, tmp_path):
+    """GET /metrics/inflight (the snapshotter's hung-IO poll, §4.4 D): 204
+    when idle; while a read waits on a stalled registry, one entry with the
+    READ opcode, the kernel's request id and the wall-clock start second;
+    204 again once it is answered."""
+    with rh.Registry() as registry:
+        rh.push_image(registry, REPO, image["bootstrap"], image["blobs"])
+        with rh.FaultProxy(registry.url) as proxy:
+            config = registry_config(tmp_path, f"127.0.0.1:{proxy.port}")
+            sock = tmp_path / "api.sock"
+            # --supervisor: the workers read the session fd themselves, so
+            # the kernel's unique id is known.
+            with mounted(image["bootstrap"], config=write(tmp_path, config),
+                         extra_args=["--apisock", str(sock), "--id", "inflight-test",
+                                     "--supervisor", str(tmp_path / "sup.sock")]) as d:
+                assert call(sock, "GET", "/api/v1/metrics/inflight")[0] == 204
+                name = sorted(image["digests"])[0]
+                proxy.stall(2.0, times=1, path=BLOB_PATH, method="GET")
+                started = time.time()
+                result = {}
+                reader = threading.Thread(target=lambda: result.setdefault("digest", sha256_file(d.mountpoint / name)))
+                reader.start()
+                entries = None
+                deadline = time.monotonic() + 1.5
+                while time.monotonic() < deadline:
+                    status, body, _ = call(sock, "GET", "/api/v1/metrics/inflight")
+                    if status == 200 and any(e["opcode"] == 15 for e in body):
+                        entries = body
+                        break
+                    time.sleep(0.05)
+                assert entries, "the stalled read never showed up as in flight"
+                read = [e for e in entries if e["opcode"] == 15][0]
+                assert read["unique"] > 0 and read["inode"] > 0
+                assert int(started) - 1 <= read["timestamp_secs"] <= time.time() + 1
+                reader.join(30)
+                assert result["digest"] == image["digests"][name]
+                assert call(sock, "GET", "/api/v1/metrics/inflight")[0] == 204

@@ -5,10 +5,12 @@ R/mnt/<sid> through the admin API, driven as nydus-snapshotter drives it
 import hashlib
 import json
 import os
-import signal
+import socket
+import subprocess
+import threading
 import time
 
-from conftest import fixture_path, mount_entry, mounted, sha256_file, walk_tree
+from conftest import NYDUSD, fixture_path, mount_entry, mounted, sha256_file, walk_tree
 from test_api import LIB_RS_SHA256, V6_BLOBS, V6_BOOT, SnapshotterLikeDaemon, call
 from test_failover import Supervisor, send_states, wait_state
 
@@ -61,6 +63,42 @@ def dedicated_tree(bootstrap, blob_dir):
         return tree_digests(d.mountpoint)
 
 
+class InstanceReaders:
+    """One thread per instance reading its lib.rs (page cache dropped first,
+    so every read reaches the daemon) and checking the sha256."""
+
+    def __init__(self, mountpoint, sids):
+        self.errors = []
+        self.reads = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(mountpoint / sid / "lib.rs",), daemon=True)
+                         for sid in sids]
+
+    def _run(self, path):
+        while not self._stop.is_set():
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    data = os.read(fd, 1 << 20)
+                finally:
+                    os.close(fd)
+                if hashlib.sha256(data).hexdigest() != LIB_RS_SHA256:
+                    self.errors.append(f"{path}: wrong bytes")
+                self.reads += 1
+            except OSError as error:
+                self.errors.append(f"{path}: {error!r}")
+
+    def start(self):
+        for t in self._threads:
+            t.start()
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
 def test_shared_mode_snapshotter_sequence(tmp_path):
     v5_reference = dedicated_tree(V5_BOOT, V5_BLOBS)
     supervisor = Supervisor(tmp_path / "supervisor" / "cq1fk6f5ntt0000abcde.sock")
@@ -68,7 +106,7 @@ def test_shared_mode_snapshotter_sequence(tmp_path):
     try:
         # §4.4 B.1: the shared daemon starts empty and RUNNING.
         d.wait_socket()
-        liveness = __import__("socket").socket(__import__("socket").AF_UNIX)
+        liveness = socket.socket(socket.AF_UNIX)
         liveness.connect(str(d.sock))
         wait_state(d.sock, "RUNNING", timeout=2)
         status, info, _ = call(d.sock, "GET", "/api/v1/daemon")
@@ -210,29 +248,8 @@ def test_shared_mode_crash_failover_restores_every_mount(tmp_path):
         send_states(d, supervisor)
         inodes = {sid: os.stat(d.mountpoint / sid / "lib.rs").st_ino for sid in ("43", "44")}
 
-        errors, reads = [], [0]
-        import threading
-        stop = threading.Event()
-
-        def reader(sid):
-            path = d.mountpoint / sid / "lib.rs"
-            while not stop.is_set():
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                    try:
-                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                        data = os.read(fd, 1 << 20)
-                    finally:
-                        os.close(fd)
-                    if hashlib.sha256(data).hexdigest() != LIB_RS_SHA256:
-                        errors.append(f"{sid}: wrong bytes")
-                    reads[0] += 1
-                except OSError as error:
-                    errors.append(f"{sid}: {error!r}")
-
-        threads = [threading.Thread(target=reader, args=(sid,), daemon=True) for sid in ("43", "44")]
-        for t in threads:
-            t.start()
+        readers = InstanceReaders(d.mountpoint, ("43", "44"))
+        readers.start()
         time.sleep(0.3)
         d.proc.kill()
         d.proc.wait()
@@ -247,11 +264,9 @@ def test_shared_mode_crash_failover_restores_every_mount(tmp_path):
         assert call(successor.sock, "PUT", "/api/v1/daemon/start")[0] == 204
         wait_state(successor.sock, "RUNNING")
         time.sleep(0.5)
-        stop.set()
-        for t in threads:
-            t.join(30)
-        assert errors == [], errors[:5]
-        assert reads[0] > 10
+        readers.stop()
+        assert readers.errors == [], readers.errors[:5]
+        assert readers.reads > 10
 
         status, info, _ = call(successor.sock, "GET", "/api/v1/daemon")
         assert sorted(info["backend_collection"]) == ["/43", "/44", "/45"]
@@ -277,11 +292,58 @@ def test_shared_mode_crash_failover_restores_every_mount(tmp_path):
 def test_shared_daemon_refuses_what_it_cannot_serve(tmp_path):
     """Without --bootstrap and without --apisock nothing could ever be
     mounted: a clear error instead of an idle daemon."""
-    import subprocess
-    from conftest import NYDUSD
     (tmp_path / "mnt").mkdir()
     proc = subprocess.run([str(NYDUSD), "fuse", "--mountpoint", str(tmp_path / "mnt"), "--log-level", "info"],
                           capture_output=True, text=True, timeout=10)
     assert proc.returncode != 0
     assert "--apisock" in proc.stderr + proc.stdout
     assert mount_entry(tmp_path / "mnt") is None
+
+
+def test_shared_mode_hot_upgrade(tmp_path):
+    """§5 hot upgrade of a shared daemon: a second binary with --upgrade and
+    api1.sock takes over every mount; the old one exits through the API; the
+    snapshotter's re-POST of each mount answers 500 AlreadyExists and the
+    daemon keeps serving."""
+    supervisor = Supervisor(tmp_path / "supervisor" / "cq1fk6f5ntt0000abcde.sock")
+    new_binary = tmp_path / "nydusd-new"
+    new_binary.write_bytes(NYDUSD.read_bytes())
+    new_binary.chmod(0o755)
+    old = SnapshotterLikeDaemon(tmp_path, None)
+    new = None
+    try:
+        old.wait_socket()
+        wait_state(old.sock, "RUNNING")
+        for sid in ("42", "43"):
+            assert post_mount(old, sid, V6_BOOT, V6_BLOBS)[0] == 204
+        send_states(old, supervisor)
+        readers = InstanceReaders(old.mountpoint, ("42", "43"))
+        readers.start()
+        time.sleep(0.2)
+        sender = supervisor.send_in_background()
+        new = SnapshotterLikeDaemon(tmp_path, None, binary=new_binary, apisock_name="api1.sock", extra=["--upgrade"])
+        new.wait_socket()
+        wait_state(new.sock, "INIT")
+        assert call(new.sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 204
+        sender.join(5)
+        wait_state(new.sock, "READY")
+        assert call(old.sock, "PUT", "/api/v1/daemon/exit")[0] == 204
+        assert old.proc.wait(10) == 0
+        assert call(new.sock, "PUT", "/api/v1/daemon/start")[0] == 204
+        wait_state(new.sock, "RUNNING")
+        for sid in ("42", "43"):
+            status, body, _ = post_mount(new, sid, V6_BOOT, V6_BLOBS)
+            assert status == 500 and "already exists" in body["message"]
+        time.sleep(0.3)
+        readers.stop()
+        assert readers.errors == [], readers.errors[:5]
+        assert readers.reads > 10
+        status, info, _ = call(new.sock, "GET", "/api/v1/daemon")
+        assert sorted(info["backend_collection"]) == ["/42", "/43"]
+        assert new.stop() == 0
+        assert mount_entry(old.mountpoint) is None
+    finally:
+        if new is not None:
+            new.stop()
+        old.stop()
+        supervisor.close()
