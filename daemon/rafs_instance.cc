@@ -6,6 +6,7 @@
 #include "backend/registry_backend.h"
 #include "bootstrap/image.h"
 #include "common/log.h"
+#include "daemon/image_cache.h"
 #include "fs/prefetch_plan.h"
 
 namespace nydus::daemon {
@@ -68,7 +69,7 @@ Result<std::shared_ptr<RafsInstance>> RafsInstance::create(RafsMountSpec spec) {
   const RafsMountSpec& s = instance->spec_;
   const RafsConfig& config = s.config;
 
-  NYDUS_ASSIGN(auto image, bootstrap::Image::open(s.source));
+  NYDUS_ASSIGN(auto image, ImageCache::open(s.source));
   // gzip chunks (eStargz, zran) need a decoder we do not have yet: refuse
   // the mount rather than fail every read later.
   for (const auto& blob : image->blobs()) {

@@ -7,7 +7,10 @@
 #       of the same bootstrap by the kernel (no daemon at all);
 #   (b) API latency while fio reads the mount: p50/p99/max of
 #       GET /api/v1/metrics and GET /api/v1/daemon, each on a fresh
-#       connection as the Go client's first request, with and without fio.
+#       connection as the Go client's first request, with and without fio;
+#   (c) memory: RSS of one shared-mode daemon (no --bootstrap) with 20
+#       POST /api/v1/mount of the same image, after a file of each has been
+#       read, against 20 dedicated daemons (20 x the RSS of one).
 #
 #   sudo examples/bench-api.sh            # RUNS=5 REQUESTS=2000
 #
@@ -58,7 +61,7 @@ mnt=$work/mnt
 kmnt=$work/kmnt
 mkdir -p "$mnt" "$kmnt" "$work/cache"
 cleanup() {
-  pkill -f "nydusd fuse --bootstrap $image/bootstrap" 2>/dev/null || true
+  pkill -f -- "--apisock $work/api.sock" 2>/dev/null || true
   umount -l "$mnt" 2>/dev/null || true
   umount "$kmnt" 2>/dev/null || true
   rm -rf "$work"
@@ -176,4 +179,66 @@ print(f"    idle                              {ms(pct(idle, 50))}  {ms(pct(idle,
 print(f"    while fio reads the mount         {ms(pct(busy, 50))}  {ms(pct(busy, 99))}  {ms(max(busy))}"
       f"   (target p99 <= 5 ms)")
 print(f"    fio: {fio_summary[0] if fio_summary else 'no summary'}")
+
+# (c) RSS: a dedicated daemon, then one shared daemon with 20 mounts.
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+def read_one(root):
+    with open(f"{root}/dir000/file0000", "rb") as f:
+        f.read()
+
+proc, _ = start()
+read_one(mnt)
+dedicated_rss = rss_kib(proc.pid)
+stop(proc)
+
+def call(method, path, body):
+    c = Unix(sock)
+    try:
+        payload = json.dumps(body).encode()
+        c.request(method, path, body=payload, headers={"Content-Length": str(len(payload))})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+t0 = time.perf_counter()
+shared = subprocess.Popen([nydusd, "fuse", "--mountpoint", mnt, "--apisock", sock, "--log-level", "warn",
+                           "--log-file", f"{work}/nydusd-shared.log"])
+while True:
+    try:
+        status, body = get("/api/v1/daemon")
+        if status == 200 and json.loads(body)["state"] == "RUNNING":
+            break
+    except OSError:
+        pass
+    time.sleep(0.001)
+empty_rss = rss_kib(shared.pid)
+with open(cfg) as f:
+    config_text = f.read()
+mount_times, rss_after = [], []
+for i in range(20):
+    t0 = time.perf_counter()
+    status, body = call("POST", f"/api/v1/mount?mountpoint=%2F{i}", {"fs_type": "rafs", "source": boot,
+                                                                    "config": config_text})
+    mount_times.append(time.perf_counter() - t0)
+    assert status == 204, body
+    read_one(f"{mnt}/{i}")
+    rss_after.append(rss_kib(shared.pid))
+stop(shared)
+mib = lambda kib: f"{kib / 1024:7.1f}"
+print("(c) RSS (VmRSS), a file of each mount read")
+print(f"    one dedicated daemon, 1 image          {mib(dedicated_rss)} MiB")
+print(f"    shared daemon, empty                   {mib(empty_rss)} MiB")
+print(f"    shared daemon, 1 mount                 {mib(rss_after[0])} MiB")
+print(f"    shared daemon, 20 mounts               {mib(rss_after[-1])} MiB   "
+      f"({(rss_after[-1] - rss_after[0]) / 19 / 1024:.1f} MiB per further mount)")
+print(f"    20 dedicated daemons (20 x one)        {mib(20 * dedicated_rss)} MiB   "
+      f"(ratio shared / dedicated {rss_after[-1] / (20 * dedicated_rss):.2f}x)")
+print(f"    POST /api/v1/mount, median             {ms(statistics.median(mount_times))} ms")
 PY

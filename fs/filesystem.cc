@@ -9,7 +9,7 @@ namespace nydus::fs {
 
 using bootstrap::Ino;
 
-Filesystem::Filesystem(std::unique_ptr<bootstrap::Image> image,
+Filesystem::Filesystem(std::shared_ptr<const bootstrap::Image> image,
                        std::unique_ptr<backend::ChunkReader> reader, FsOptions options)
     : image_(std::move(image)),
       reader_(std::move(reader)),

@@ -57,7 +57,9 @@ struct Entry {
 
 class Filesystem {
  public:
-  Filesystem(std::unique_ptr<bootstrap::Image> image, std::unique_ptr<backend::ChunkReader> reader,
+  // `image` may be shared with other Filesystems (shared mode mounts of
+  // one bootstrap file share its parsed metadata): it is only read.
+  Filesystem(std::shared_ptr<const bootstrap::Image> image, std::unique_ptr<backend::ChunkReader> reader,
              FsOptions options);
 
   const bootstrap::Image& image() const { return *image_; }
@@ -99,7 +101,7 @@ class Filesystem {
  private:
   struct stat to_stat(const bootstrap::InodeAttr& attr) const;
 
-  std::unique_ptr<bootstrap::Image> image_;
+  std::shared_ptr<const bootstrap::Image> image_;
   std::unique_ptr<backend::ChunkReader> reader_;
   mutable std::atomic<uint64_t> bytes_read_{0};
   FsOptions options_;
