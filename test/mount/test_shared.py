@@ -202,6 +202,16 @@ def test_shared_mode_snapshotter_sequence(tmp_path):
         assert status == 204, body
         assert tree_digests(d.mountpoint / "42") == v5_reference
 
+        # PUT: remount /43 with another image; the path stays, the tree is the new one.
+        config = instance_config("43", V5_BLOBS, d.root / "cache")
+        status, body, _ = call(d.sock, "PUT", "/api/v1/mount?mountpoint=%2F43",
+                               {"fs_type": "rafs", "source": str(V5_BOOT), "config": json.dumps(config)})
+        assert status == 204, body
+        assert tree_digests(d.mountpoint / "43") == v5_reference
+        status, body, _ = call(d.sock, "PUT", "/api/v1/mount?mountpoint=%2F49",
+                               {"fs_type": "rafs", "source": str(V5_BOOT), "config": json.dumps(config)})
+        assert status == 500 and "doesn't exist" in body["message"], body
+
         # Smoke test: prefetch_files ["/"] fills the cache (prefetch_data_amount
         # > 0). A cache of its own: the shared one already holds every chunk.
         (tmp_path / "cache46").mkdir()
