@@ -96,7 +96,7 @@ Status DaemonService::restore(const DaemonSavedState& saved) {
     if (m.fs_type != "rafs")
       return Status::unsupported("restore " + m.mountpoint + ": fs_type " + m.fs_type + " is not supported");
     auto config = parse_config(m.config);
-    if (!config.ok()) return Status::invalid("restore " + m.mountpoint + ": config: " + config.status().message());
+    if (!config.ok()) return Status::invalid("restore " + m.mountpoint + ": " + config.status().message());
     auto instance = RafsInstance::create(RafsMountSpec{m.mountpoint, m.source, m.config, std::move(config).value(),
                                                        m.prefetch_files, std::nullopt});
     if (!instance.ok()) return Status(instance.status().code(), "restore " + m.mountpoint + ": " + instance.status().message());
@@ -148,7 +148,7 @@ Result<std::shared_ptr<RafsInstance>> DaemonService::build(const MountCommand& c
   if (command.fs_type != FsType::kRafs)
     return Status::unsupported("fs_type passthrough_fs is not supported by this build");
   auto config = parse_config(command.config);
-  if (!config.ok()) return Status::invalid("config: " + config.status().message());
+  if (!config.ok()) return config.status();
   return RafsInstance::create(RafsMountSpec{command.mountpoint, command.source, command.config,
                                             std::move(config).value(), command.prefetch_files.value_or(
                                                 std::vector<std::string>{}),
