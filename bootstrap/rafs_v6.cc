@@ -3,21 +3,30 @@
 // Strategy: open() validates the whole file once (superblocks, tables, every
 // inode reachable from the root, every dirent block, xattr area, symlink and
 // chunk index) and keeps only a sorted nid index (32 bytes per inode) plus a
-// sorted chunk-table key index. Accessors re-decode from the owned bytes with
-// the same checked decoders, so a structural failure after open would be a
-// reader bug, not a crash.
+// chunk slot index (16 bytes per chunk-table record). Accessors re-decode
+// from the owned bytes with the same checked decoders, so a structural
+// failure after open would be a reader bug, not a crash.
+//
+// Open is linear for images laid out as upstream's builder does: the chunk
+// table (digest order) is bucketed by chunk index instead of sorted, every
+// chunk index is checked against those compact slots rather than the 80-byte
+// records (no random access per chunk), and the tree is walked in inode
+// layout order so that the nid index needs a sortedness check, not a sort.
+// Other layouts are accepted and cost an O(n log n) sort.
 #include "bootstrap/rafs_v6.h"
 
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cinttypes>
+#include <compare>
 #include <cstdio>
 #include <cstring>
-#include <deque>
-#include <unordered_map>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "bootstrap/le.h"
 #include "bootstrap/rafs_v6_format.h"
@@ -237,9 +246,31 @@ struct InodeRec {
   uint32_t refs = 0;  // dirents naming this inode (open-time nlink check)
 };
 
+// What the chunk checks need from one chunk-table record, copied out at
+// open. Upstream sorts the table by digest, i.e. randomly with respect to
+// the files that use it: checking every file's chunk indexes against the
+// 80-byte records directly costs a cache miss per chunk, while the slots of
+// a dense blob sit in chunk index order, the order files reference them.
 struct ChunkSlot {
-  uint64_t key = 0;     // blob_index << 32 | chunk index
-  uint64_t offset = 0;  // abs offset of the 80-byte record
+  uint64_t uncompressed_offset = 0;
+  uint32_t uncompressed_size = 0;
+  uint32_t record = 0;  // 1 + position in the chunk table; 0: no record
+};
+
+struct KeyedChunkSlot {
+  uint64_t key = 0;  // blob_index << 32 | chunk index
+  ChunkSlot slot;
+};
+
+// A checked chunk index entry (§4.9).
+struct ChunkIndexEntry {
+  uint32_t blob_index = 0;
+  uint32_t chunk_index = 0;
+  uint32_t blkaddr = 0;
+  uint64_t file_offset = 0;
+  uint32_t size = 0;                // bytes of the file this chunk holds
+  const ChunkSlot* slot = nullptr;  // nullptr: not in the chunk table
+  bool hole = false;                // null block address; other fields unset
 };
 
 class RafsV6Image final : public Image {
@@ -278,16 +309,23 @@ class RafsV6Image final : public Image {
   Status walk_tree();
 
   Result<InodeView> decode_inode(uint64_t nid) const;
+  // Open-time checks of an inode's xattrs, symlink target and chunk
+  // indexes; allocates nothing for inodes without xattrs.
   Status check_inode_content(const InodeView& v) const;
   // Block k of a flat-layout inode's data (the last one may be short).
   std::span<const uint8_t> flat_block(const InodeView& v, uint64_t k) const;
+  // Checks the xattr area; appends the entries to *out unless it is null.
+  Status scan_xattrs(const InodeView& v, std::vector<Xattr>* out) const;
   Result<std::vector<Xattr>> parse_xattrs(const InodeView& v) const;
+  Status check_symlink(const InodeView& v) const;
   Result<std::string> symlink_target(const InodeView& v) const;
   Result<DirBlock> dir_block(const InodeView& v, uint64_t k) const;
+  // Decodes and checks chunk index entry k of a regular file against the
+  // blob table and the chunk slots (never the chunk table records).
+  Status check_chunk(const InodeView& v, uint64_t k, ChunkIndexEntry* out) const;
   // Decodes chunk index entry k of a regular file; *hole when unmapped.
   Status resolve_chunk(const InodeView& v, uint64_t k, ChunkRef* out, bool* hole) const;
   const ChunkSlot* find_chunk(uint32_t blob, uint32_t ci) const;
-  void build_dense_chunk_index();
 
   // A reachable inode, or kNotFound.
   Result<const InodeRec*> rec(Ino ino) const;
@@ -303,10 +341,12 @@ class RafsV6Image final : public Image {
   uint64_t chunk_table_offset_ = 0;
   uint64_t chunk_table_size_ = 0;
   uint16_t extra_devices_ = 0;
-  std::vector<ChunkSlot> chunk_slots_;  // sorted by key
-  // Per blob, chunk index -> 1 + position in chunk_slots_ (0: none), for
-  // blobs with dense indexes; empty: use the binary search.
-  std::vector<std::vector<uint32_t>> dense_slots_;
+  // Per blob, indexed by chunk index, for blobs whose chunk indexes are
+  // dense (normally 0..n-1); empty for the others, whose slots are in
+  // sparse_slots_, sorted by key and unique.
+  std::vector<std::vector<ChunkSlot>> dense_slots_;
+  std::vector<KeyedChunkSlot> sparse_slots_;
+  uint64_t inos_hint_ = 0;              // superblock inode count (untrusted)
   std::vector<InodeRec> inodes_;        // sorted by nid
   // Set once open() validated every structure: accessors then skip the
   // per-name re-validation of dirent blocks (the bytes are immutable).
@@ -354,7 +394,8 @@ Status RafsV6Image::load_super() {
     return bad("superblock: blkszbits " + std::to_string(blkszbits) + " (expected 12)");
   if (load_u8(b, sb + 13) != 0) return bad("superblock: sb_extslots must be 0");
   uint16_t root_nid = load_u16(b, sb + 14);
-  if (load_u64(b, sb + 16) == 0) return bad("superblock: inos is 0");
+  inos_hint_ = load_u64(b, sb + 16);
+  if (inos_hint_ == 0) return bad("superblock: inos is 0");
   uint32_t meta_blkaddr = load_u32(b, sb + 40);
   if (load_u32(b, sb + 44) != 0)
     return unsupported("superblock: shared xattr area (xattr_blkaddr != 0) is not supported");
@@ -499,7 +540,9 @@ Status RafsV6Image::load_chunk_table(uint64_t devslot_end) {
     return bad("chunk table: offset " + hex(off) + " size " + hex(size) +
                " is not 4K aligned, a multiple of 80 bytes and inside the file");
   uint64_t count = size / kChunkRecordSize;
-  chunk_slots_.reserve(count);
+  // Pass 1, in table order: check every record on its own and size the
+  // per-blob index ranges.
+  std::vector<uint64_t> per_blob(blobs_.size(), 0), max_ci(blobs_.size(), 0);
   for (uint64_t i = 0; i < count; ++i) {
     const uint64_t r = off + i * kChunkRecordSize;
     auto where = [&] { return "chunk table record " + std::to_string(i) + ": "; };
@@ -535,47 +578,69 @@ Status RafsV6Image::load_chunk_table(uint64_t devslot_end) {
     if (blob.chunk_count != 0 && index >= blob.chunk_count)
       return bad(where() + "chunk index " + std::to_string(index) + " >= blob chunk count " +
                  std::to_string(blob.chunk_count));
-    chunk_slots_.push_back({uint64_t{blob_index} << 32 | index, r});
+    ++per_blob[blob_index];
+    max_ci[blob_index] = std::max<uint64_t>(max_ci[blob_index], index);
   }
-  std::stable_sort(chunk_slots_.begin(), chunk_slots_.end(),
-                   [](const ChunkSlot& x, const ChunkSlot& y) { return x.key < y.key; });
+
+  // Chunk indexes of a blob are normally 0..n-1: a table indexed by chunk
+  // index then needs neither a sort of the (digest-ordered) records nor a
+  // search per lookup. The density bound keeps its size within twice the
+  // blob's record count; sparse or huge index ranges use a sorted array.
+  dense_slots_.assign(blobs_.size(), {});
+  uint64_t sparse = 0;
+  for (size_t blob = 0; blob < blobs_.size(); ++blob) {
+    if (per_blob[blob] == 0) continue;
+    if (max_ci[blob] < 2 * per_blob[blob] + 1024)
+      dense_slots_[blob].resize(max_ci[blob] + 1);
+    else
+      sparse += per_blob[blob];
+  }
+  sparse_slots_.reserve(sparse);
+
   // Records are unique per (digest, blob); two records claiming the same
-  // (blob, chunk index) must at least agree on where the data is.
-  std::vector<ChunkSlot> unique;
-  unique.reserve(chunk_slots_.size());
-  for (const auto& s : chunk_slots_) {
-    if (!unique.empty() && unique.back().key == s.key) {
-      if (std::memcmp(b.data() + unique.back().offset + 36, b.data() + s.offset + 36, 28) != 0)
-        return bad("chunk table: two records for blob " + std::to_string(s.key >> 32) + " chunk " +
-                   std::to_string(s.key & 0xffffffff) + " disagree on location");
+  // (blob, chunk index) must at least agree on where the data is. The first
+  // in table order is kept.
+  auto same_location = [&](uint32_t record_a, uint32_t record_b) {
+    return std::memcmp(b.data() + off + uint64_t{record_a} * kChunkRecordSize + 36,
+                       b.data() + off + uint64_t{record_b} * kChunkRecordSize + 36, 28) == 0;
+  };
+  auto disagree = [&](uint64_t key) {
+    return bad("chunk table: two records for blob " + std::to_string(key >> 32) + " chunk " +
+               std::to_string(key & 0xffffffff) + " disagree on location");
+  };
+  // Pass 2, in table order (count < 2^32: the file is at most 2 GiB).
+  for (uint32_t i = 0; i < count; ++i) {
+    const uint64_t r = off + uint64_t{i} * kChunkRecordSize;
+    const uint32_t blob_index = load_u32(b, r + 32), index = load_u32(b, r + 72);
+    const ChunkSlot slot{load_u64(b, r + 56), load_u32(b, r + 44), i + 1};
+    auto& table = dense_slots_[blob_index];
+    if (table.empty()) {
+      sparse_slots_.push_back({uint64_t{blob_index} << 32 | index, slot});
       continue;
     }
-    unique.push_back(s);
+    ChunkSlot& s = table[index];
+    if (s.record == 0)
+      s = slot;
+    else if (!same_location(s.record - 1, i))
+      return disagree(uint64_t{blob_index} << 32 | index);
   }
-  chunk_slots_ = std::move(unique);
-  build_dense_chunk_index();
+  if (sparse_slots_.empty()) return Status::Ok();
+  auto by_key = [](const KeyedChunkSlot& x, const KeyedChunkSlot& y) { return x.key < y.key; };
+  // Stable: equal keys stay in table order, so the first record is kept.
+  if (!std::is_sorted(sparse_slots_.begin(), sparse_slots_.end(), by_key))
+    std::stable_sort(sparse_slots_.begin(), sparse_slots_.end(), by_key);
+  size_t kept = 0;
+  for (size_t i = 0; i < sparse_slots_.size(); ++i) {
+    const KeyedChunkSlot& s = sparse_slots_[i];
+    if (kept != 0 && sparse_slots_[kept - 1].key == s.key) {
+      if (!same_location(sparse_slots_[kept - 1].slot.record - 1, s.slot.record - 1)) return disagree(s.key);
+      continue;
+    }
+    sparse_slots_[kept++] = s;
+  }
+  sparse_slots_.resize(kept);
+  sparse_slots_.shrink_to_fit();
   return Status::Ok();
-}
-
-void RafsV6Image::build_dense_chunk_index() {
-  // Chunk indexes of a blob are normally 0..n-1: a direct table then
-  // replaces the binary search that every chunk of every file costs at
-  // open (a third of the open time of a 100,000-file image). Sparse or huge
-  // index ranges keep the binary search (the table would waste memory).
-  std::vector<uint64_t> count(blobs_.size(), 0), max_ci(blobs_.size(), 0);
-  for (const ChunkSlot& slot : chunk_slots_) {
-    const uint64_t blob = slot.key >> 32;
-    if (blob >= blobs_.size()) return;
-    ++count[blob];
-    max_ci[blob] = std::max<uint64_t>(max_ci[blob], slot.key & 0xffffffff);
-  }
-  dense_slots_.assign(blobs_.size(), {});
-  for (size_t blob = 0; blob < blobs_.size(); ++blob)
-    if (count[blob] != 0 && max_ci[blob] < 2 * count[blob] + 1024) dense_slots_[blob].assign(max_ci[blob] + 1, 0);
-  for (size_t i = 0; i < chunk_slots_.size(); ++i) {
-    auto& table = dense_slots_[chunk_slots_[i].key >> 32];
-    if (!table.empty()) table[chunk_slots_[i].key & 0xffffffff] = static_cast<uint32_t>(i + 1);
-  }
 }
 
 Status RafsV6Image::load_prefetch(uint64_t devslot_end, std::vector<uint64_t>* nids) {
@@ -737,14 +802,30 @@ Result<DirBlock> RafsV6Image::dir_block(const InodeView& v, uint64_t k) const {
   return parsed;
 }
 
-Result<std::vector<Xattr>> RafsV6Image::parse_xattrs(const InodeView& v) const {
-  std::vector<Xattr> out;
-  if (v.xattr_size == 0) return out;
+Status RafsV6Image::scan_xattrs(const InodeView& v, std::vector<Xattr>* out) const {
+  if (v.xattr_size == 0) return Status::Ok();
   auto where = [&] { return "inode nid " + std::to_string(v.nid) + ": xattrs: "; };
   bool ok = false;
   auto area = le::slice(bytes(), v.xattr_offset, v.xattr_size, &ok);
   if (!ok) return bad(where() + "area runs past the end of the file");
   if (load_u8(area, 4) != 0) return unsupported(where() + "shared xattrs are not supported");
+  // Duplicates are found on (name index, suffix): no prefix is a prefix of
+  // another's full name, so equal full names mean equal pairs. Pairwise for
+  // the usual handful of entries (no allocation); sorted when an area holds
+  // more, as a 256 KiB area can hold ~32k entries and pairwise would be
+  // quadratic.
+  struct Name {
+    uint8_t index;
+    std::string_view suffix;
+    auto operator<=>(const Name&) const = default;
+  };
+  constexpr size_t kPairwise = 16;
+  std::array<Name, kPairwise> few;
+  std::vector<Name> many;
+  size_t names = 0;
+  auto duplicate = [&](const Name& n) {
+    return bad(where() + "duplicate name " + xattr_prefix(n.index) + std::string(n.suffix));
+  };
   uint64_t pos = kXattrHeaderSize;
   while (pos < area.size()) {
     if (!in_bounds(area.size(), pos, 4)) return bad(where() + "truncated entry header");
@@ -760,92 +841,136 @@ Result<std::vector<Xattr>> RafsV6Image::parse_xattrs(const InodeView& v) const {
     // "user." etc. need a suffix; the ACL indexes name the whole attribute.
     if (suffix.empty() && (index == 1 || index == 4 || index == 6))
       return bad(where() + "empty name after prefix");
-    Xattr x;
-    x.name = std::string(prefix).append(suffix);
-    if (x.name.size() > kXattrNameMax) return bad(where() + "name longer than 255 bytes");
-    x.value.assign(reinterpret_cast<const char*>(area.data() + pos + 4 + name_len), value_size);
-    for (const auto& prev : out)
-      if (prev.name == x.name) return bad(where() + "duplicate name " + x.name);
-    out.push_back(std::move(x));
+    if (std::strlen(prefix) + suffix.size() > kXattrNameMax)
+      return bad(where() + "name longer than 255 bytes");
+    const Name name{index, suffix};
+    if (names < kPairwise) {
+      for (size_t i = 0; i < names; ++i)
+        if (few[i] == name) return duplicate(name);
+      few[names] = name;
+    } else {
+      if (many.empty()) many.assign(few.begin(), few.end());
+      many.push_back(name);
+    }
+    ++names;
+    if (out) {
+      Xattr x;
+      x.name = std::string(prefix).append(suffix);
+      x.value.assign(reinterpret_cast<const char*>(area.data() + pos + 4 + name_len), value_size);
+      out->push_back(std::move(x));
+    }
     pos += align_up(total, 4);
   }
+  if (!many.empty()) {
+    std::sort(many.begin(), many.end());
+    auto dup = std::adjacent_find(many.begin(), many.end());
+    if (dup != many.end()) return duplicate(*dup);
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<Xattr>> RafsV6Image::parse_xattrs(const InodeView& v) const {
+  std::vector<Xattr> out;
+  NYDUS_TRY(scan_xattrs(v, &out));
   return out;
 }
 
-Result<std::string> RafsV6Image::symlink_target(const InodeView& v) const {
+Status RafsV6Image::check_symlink(const InodeView& v) const {
   auto blk = flat_block(v, 0);
   if (blk.size() != v.size) return bad("inode nid " + std::to_string(v.nid) + ": symlink data out of range");
-  std::string target(reinterpret_cast<const char*>(blk.data()), blk.size());
-  if (target.find('\0') != std::string::npos)
+  if (std::memchr(blk.data(), 0, blk.size()) != nullptr)
     return bad("inode nid " + std::to_string(v.nid) + ": symlink target contains NUL");
-  return target;
+  return Status::Ok();
+}
+
+Result<std::string> RafsV6Image::symlink_target(const InodeView& v) const {
+  NYDUS_TRY(check_symlink(v));
+  auto blk = flat_block(v, 0);
+  return std::string(reinterpret_cast<const char*>(blk.data()), blk.size());
 }
 
 const ChunkSlot* RafsV6Image::find_chunk(uint32_t blob, uint32_t ci) const {
   if (blob < dense_slots_.size() && !dense_slots_[blob].empty()) {
     const auto& table = dense_slots_[blob];
-    const uint32_t slot = ci < table.size() ? table[ci] : 0;
-    return slot ? &chunk_slots_[slot - 1] : nullptr;
+    if (ci >= table.size() || table[ci].record == 0) return nullptr;
+    return &table[ci];
   }
   uint64_t key = uint64_t{blob} << 32 | ci;
-  auto it = std::lower_bound(chunk_slots_.begin(), chunk_slots_.end(), key,
-                             [](const ChunkSlot& s, uint64_t k) { return s.key < k; });
-  if (it == chunk_slots_.end() || it->key != key) return nullptr;
-  return &*it;
+  auto it = std::lower_bound(sparse_slots_.begin(), sparse_slots_.end(), key,
+                             [](const KeyedChunkSlot& s, uint64_t k) { return s.key < k; });
+  if (it == sparse_slots_.end() || it->key != key) return nullptr;
+  return &it->slot;
 }
 
-Status RafsV6Image::resolve_chunk(const InodeView& v, uint64_t k, ChunkRef* out, bool* hole) const {
+Status RafsV6Image::check_chunk(const InodeView& v, uint64_t k, ChunkIndexEntry* out) const {
   auto b = bytes();
   const uint64_t e = v.chunk_array + k * kChunkIndexSize;
   if (k >= v.chunk_count || !in_bounds(b.size(), e, kChunkIndexSize))
     return bad("inode nid " + std::to_string(v.nid) + ": chunk index " + std::to_string(k) + " out of range");
   uint16_t w0 = load_u16(b, e), w2 = load_u16(b, e + 2);
-  uint32_t blkaddr = load_u32(b, e + 4);
-  *hole = blkaddr == kNullBlkaddr;
-  if (*hole) return Status::Ok();
+  ChunkIndexEntry c;
+  c.blkaddr = load_u32(b, e + 4);
+  c.hole = c.blkaddr == kNullBlkaddr;
+  if (c.hole) {
+    *out = c;
+    return Status::Ok();
+  }
   auto where = [&] { return "inode nid " + std::to_string(v.nid) + ": chunk index " + std::to_string(k) + " "; };
   uint32_t device = w2 & 0xff;
   if (device == 0) return bad(where() + "has blob index 0 (device ids start at 1)");
-  uint32_t blob_index = device - 1;
-  if (blob_index >= blobs_.size())
-    return bad(where() + "points at blob " + std::to_string(blob_index) + ", image has " +
+  c.blob_index = device - 1;
+  if (c.blob_index >= blobs_.size())
+    return bad(where() + "points at blob " + std::to_string(c.blob_index) + ", image has " +
                std::to_string(blobs_.size()) + " blob" + (blobs_.size() == 1 ? "" : "s"));
-  const BlobInfo& blob = blobs_[blob_index];
-  uint32_t ci = (uint32_t{w2} >> 8) << 16 | w0;
-  uint64_t file_offset = k * chunk_size_;
-  uint64_t expected = std::min<uint64_t>(chunk_size_, v.size - file_offset);
+  const BlobInfo& blob = blobs_[c.blob_index];
+  c.chunk_index = (uint32_t{w2} >> 8) << 16 | w0;
+  c.file_offset = k * chunk_size_;
+  c.size = static_cast<uint32_t>(std::min<uint64_t>(chunk_size_, v.size - c.file_offset));
+  c.slot = find_chunk(c.blob_index, c.chunk_index);
+  if (c.slot) {
+    if (c.slot->uncompressed_offset / kBlockSize != c.blkaddr)
+      return bad(where() + "block address " + std::to_string(c.blkaddr) +
+                 " differs from chunk table offset " + hex(c.slot->uncompressed_offset));
+    if (c.slot->uncompressed_size != c.size)
+      return bad(where() + "chunk holds " + std::to_string(c.slot->uncompressed_size) +
+                 " bytes, file needs " + std::to_string(c.size));
+  } else {
+    // Not in the chunk table: a later layer finds it through blob.meta.
+    if (blob.chunk_count != 0 && c.chunk_index >= blob.chunk_count)
+      return bad(where() + "chunk " + std::to_string(c.chunk_index) + " >= blob chunk count " +
+                 std::to_string(blob.chunk_count));
+    if (blob.uncompressed_size != 0 && uint64_t{c.blkaddr} * kBlockSize + c.size > blob.uncompressed_size)
+      return bad(where() + "block address " + std::to_string(c.blkaddr) +
+                 " lies past the blob's uncompressed size");
+  }
+  *out = c;
+  return Status::Ok();
+}
 
+Status RafsV6Image::resolve_chunk(const InodeView& v, uint64_t k, ChunkRef* out, bool* hole) const {
+  ChunkIndexEntry c;
+  NYDUS_TRY(check_chunk(v, k, &c));
+  *hole = c.hole;
+  if (c.hole) return Status::Ok();
   ChunkRef r;
-  r.blob_index = blob_index;
-  r.chunk_index = ci;
-  r.file_offset = file_offset;
-  if (const ChunkSlot* slot = find_chunk(blob_index, ci)) {
-    const uint64_t rec_off = slot->offset;
+  r.blob_index = c.blob_index;
+  r.chunk_index = c.chunk_index;
+  r.file_offset = c.file_offset;
+  r.uncompressed_size = c.size;
+  if (c.slot) {
+    // The record was checked at open (load_chunk_table) and lies inside the table.
+    auto b = bytes();
+    const uint64_t rec_off = chunk_table_offset_ + uint64_t{c.slot->record - 1} * kChunkRecordSize;
     uint32_t flags = load_u32(b, rec_off + 36);
     r.compressed_size = load_u32(b, rec_off + 40);
-    r.uncompressed_size = load_u32(b, rec_off + 44);
     r.compressed_offset = load_u64(b, rec_off + 48);
-    r.uncompressed_offset = load_u64(b, rec_off + 56);
+    r.uncompressed_offset = c.slot->uncompressed_offset;
     r.compressed = flags & v6::kChunkCompressed;
     r.has_crc32 = flags & v6::kChunkHasCrc32;
     r.crc32 = r.has_crc32 ? load_u32(b, rec_off + 76) : 0;
     std::memcpy(r.digest.data(), b.data() + rec_off, 32);
-    if (r.uncompressed_offset / kBlockSize != blkaddr)
-      return bad(where() + "block address " + std::to_string(blkaddr) + " differs from chunk table offset " +
-                 hex(r.uncompressed_offset));
-    if (r.uncompressed_size != expected)
-      return bad(where() + "chunk holds " + std::to_string(r.uncompressed_size) + " bytes, file needs " +
-                 std::to_string(expected));
   } else {
-    // Not in the chunk table: a later layer finds it through blob.meta.
-    if (blob.chunk_count != 0 && ci >= blob.chunk_count)
-      return bad(where() + "chunk " + std::to_string(ci) + " >= blob chunk count " +
-                 std::to_string(blob.chunk_count));
-    r.uncompressed_offset = uint64_t{blkaddr} * kBlockSize;
-    r.uncompressed_size = static_cast<uint32_t>(expected);
-    if (blob.uncompressed_size != 0 && r.uncompressed_offset + expected > blob.uncompressed_size)
-      return bad(where() + "block address " + std::to_string(blkaddr) +
-                 " lies past the blob's uncompressed size");
+    r.uncompressed_offset = uint64_t{c.blkaddr} * kBlockSize;
     r.located = false;
   }
   *out = r;
@@ -853,16 +978,12 @@ Status RafsV6Image::resolve_chunk(const InodeView& v, uint64_t k, ChunkRef* out,
 }
 
 Status RafsV6Image::check_inode_content(const InodeView& v) const {
-  NYDUS_ASSIGN(auto xattrs, parse_xattrs(v));
-  (void)xattrs;
-  if (v.type() == S_IFLNK) {
-    NYDUS_ASSIGN(auto target, symlink_target(v));
-    (void)target;
-  } else if (v.type() == S_IFREG) {
+  NYDUS_TRY(scan_xattrs(v, nullptr));
+  if (v.type() == S_IFLNK) return check_symlink(v);
+  if (v.type() == S_IFREG) {
     for (uint64_t k = 0; k < v.chunk_count; ++k) {
-      ChunkRef r;
-      bool hole = false;
-      NYDUS_TRY(resolve_chunk(v, k, &r, &hole));
+      ChunkIndexEntry c;
+      NYDUS_TRY(check_chunk(v, k, &c));
     }
   }
   return Status::Ok();
@@ -871,23 +992,51 @@ Status RafsV6Image::check_inode_content(const InodeView& v) const {
 // ---------------------------------------------------------------------------
 // Tree walk
 
+// Depth first, in the order upstream's builder lays inodes out (a
+// directory, then its non-directory children in name order, then its
+// subdirectories the same way, §4.6): the records then come out sorted by
+// nid, checked in O(n) instead of sorted. Any other layout is still
+// accepted, at the price of a sort.
 Status RafsV6Image::walk_tree() {
   const uint64_t root = super_.root_nid;
-  auto root_view = decode_inode(root);
-  if (!root_view.ok()) return root_view.status();
-  if (root_view->type() != S_IFDIR) return bad("root nid " + std::to_string(root) + " is not a directory");
-  NYDUS_TRY(check_inode_content(*root_view));
+  NYDUS_ASSIGN(InodeView root_view, decode_inode(root));
+  if (root_view.type() != S_IFDIR) return bad("root nid " + std::to_string(root) + " is not a directory");
+  NYDUS_TRY(check_inode_content(root_view));
 
+  // Inodes reached so far, one bit per 32-byte slot of the metadata area
+  // (decode_inode refuses any nid past it): 1/256 of the file, dropped
+  // after open.
+  const uint64_t slots = (bytes().size() - meta_base_) / kInodeSlotSize + 1;
+  std::vector<uint64_t> reached(div_round_up(slots, 64), 0);
+  auto was_reached = [&](uint64_t nid) { return nid < slots && (reached[nid / 64] >> (nid % 64) & 1); };
+  auto mark_reached = [&](uint64_t nid) { reached[nid / 64] |= uint64_t{1} << (nid % 64); };
+
+  struct PendingDir {
+    uint64_t nid, parent;
+    uint32_t nlink;
+  };
+  // A further name of an inode already reached; checked once every inode
+  // has its record (hard links are rare, their names may be copied).
+  struct ExtraName {
+    uint64_t nid, dir;
+    uint8_t ft;
+    std::string name;
+  };
   std::vector<InodeRec> recs;
-  std::unordered_map<uint64_t, uint32_t> index;  // nid -> recs position, open only
-  recs.push_back({root, root, S_IFDIR, root_view->nlink, 0});
-  index.emplace(root, 0);
-  std::deque<uint32_t> queue{0};  // breadth first: no recursion depth to blow
+  // The superblock's count is only a hint: capped so that a forged count
+  // cannot reserve more than 32 MiB; real images grow from there.
+  recs.reserve(std::min<uint64_t>({inos_hint_, slots, uint64_t{1} << 20}));
+  std::vector<PendingDir> stack{{root, root, root_view.nlink}};
+  std::vector<PendingDir> subdirs;  // of the directory being scanned
+  std::vector<ExtraName> extra_names;
+  mark_reached(root);
 
-  while (!queue.empty()) {
-    uint32_t pos = queue.front();
-    queue.pop_front();
-    const uint64_t dir_nid = recs[pos].nid, parent_nid = recs[pos].parent;
+  while (!stack.empty()) {
+    const PendingDir pending = stack.back();
+    stack.pop_back();
+    if (recs.size() >= UINT32_MAX) return bad("too many inodes");
+    recs.push_back({pending.nid, pending.parent, S_IFDIR, pending.nlink, 0});
+    const uint64_t dir_nid = pending.nid, parent_nid = pending.parent;
     NYDUS_ASSIGN(InodeView dir, decode_inode(dir_nid));
     auto where = [&] { return "directory nid " + std::to_string(dir_nid) + ": "; };
     std::string_view prev;
@@ -912,41 +1061,56 @@ Status RafsV6Image::walk_tree() {
           continue;
         }
         auto ewhere = [&] { return where() + "entry '" + std::string(name) + "': "; };
-        auto it = index.find(nid);
-        if (it != index.end()) {
-          InodeRec& r = recs[it->second];
-          if (r.type == S_IFDIR || ft_mode == S_IFDIR)
+        if (was_reached(nid)) {
+          if (ft_mode == S_IFDIR)
             return bad(ewhere() + "directory nid " + std::to_string(nid) +
                        " is reached twice (cycle or hard-linked directory)");
-          if (ft_mode != r.type)
-            return bad(ewhere() + "file type " + std::to_string(ft) + " does not match the " +
-                       type_name(r.type) + " at nid " + std::to_string(nid));
-          ++r.refs;
+          extra_names.push_back({nid, dir_nid, ft, std::string(name)});
           continue;
         }
-        auto child = decode_inode(nid);
-        if (!child.ok()) return child.status();
-        if (ft_mode != child->type())
+        NYDUS_ASSIGN(InodeView child, decode_inode(nid));
+        if (ft_mode != child.type())
           return bad(ewhere() + "file type " + std::to_string(ft) + " does not match the " +
-                     type_name(child->type()) + " at nid " + std::to_string(nid));
-        NYDUS_TRY(check_inode_content(*child));
-        if (recs.size() >= UINT32_MAX) return bad("too many inodes");
-        uint32_t cpos = static_cast<uint32_t>(recs.size());
-        recs.push_back({nid, dir_nid, child->type(), child->nlink, 1});
-        index.emplace(nid, cpos);
-        if (child->type() == S_IFDIR) queue.push_back(cpos);
+                     type_name(child.type()) + " at nid " + std::to_string(nid));
+        NYDUS_TRY(check_inode_content(child));
+        mark_reached(nid);
+        if (child.type() == S_IFDIR) {
+          subdirs.push_back({nid, dir_nid, child.nlink});
+        } else {
+          if (recs.size() >= UINT32_MAX) return bad("too many inodes");
+          recs.push_back({nid, dir_nid, child.type(), child.nlink, 1});
+        }
       }
     }
     if (!dot || !dotdot) return bad(where() + "lacks '.' or '..'");
+    // Reversed, so the first subdirectory is walked next.
+    stack.insert(stack.end(), subdirs.rbegin(), subdirs.rend());
+    subdirs.clear();
   }
 
+  auto by_nid = [](const InodeRec& x, const InodeRec& y) { return x.nid < y.nid; };
+  if (!std::is_sorted(recs.begin(), recs.end(), by_nid)) std::sort(recs.begin(), recs.end(), by_nid);
+  for (const ExtraName& e : extra_names) {
+    auto it = std::lower_bound(recs.begin(), recs.end(), e.nid,
+                               [](const InodeRec& r, uint64_t n) { return r.nid < n; });
+    // Every reached nid has a record once the walk completed.
+    if (it == recs.end() || it->nid != e.nid)
+      return bad("inode nid " + std::to_string(e.nid) + " has no record");
+    auto ewhere = [&] { return "directory nid " + std::to_string(e.dir) + ": entry '" + e.name + "': "; };
+    if (it->type == S_IFDIR)
+      return bad(ewhere() + "directory nid " + std::to_string(e.nid) +
+                 " is reached twice (cycle or hard-linked directory)");
+    if (dirent_type_to_mode(e.ft) != it->type)
+      return bad(ewhere() + "file type " + std::to_string(e.ft) + " does not match the " +
+                 type_name(it->type) + " at nid " + std::to_string(e.nid));
+    ++it->refs;
+  }
   // Light nlink plausibility: a non-directory cannot have more names than links.
   for (const auto& r : recs) {
     if (r.type != S_IFDIR && r.refs > r.nlink)
       return bad("inode nid " + std::to_string(r.nid) + ": " + std::to_string(r.refs) +
                  " directory entries but nlink " + std::to_string(r.nlink));
   }
-  std::sort(recs.begin(), recs.end(), [](const InodeRec& x, const InodeRec& y) { return x.nid < y.nid; });
   recs.shrink_to_fit();
   inodes_ = std::move(recs);
   super_.inodes_count = inodes_.size();

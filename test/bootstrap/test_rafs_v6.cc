@@ -172,6 +172,9 @@ class V6Builder {
   std::vector<ChunkRec> records;
   std::vector<int> prefetch;  // node ids
   std::vector<TNode> nodes;
+  // Order in which inodes are laid out (node ids, root first); empty:
+  // creation order.
+  std::vector<int> layout;
 
   V6Builder() {
     TNode root;
@@ -268,9 +271,13 @@ class V6Builder {
     const uint64_t meta_base = 0x2000;
     uint64_t cursor = 0x3000;  // root at nid 128
     std::vector<uint64_t> dir_sizes(nodes.size());
-    for (size_t i = 0; i < nodes.size(); ++i) {
+    std::vector<int> order = layout;
+    if (order.empty())
+      for (size_t i = 0; i < nodes.size(); ++i) order.push_back(static_cast<int>(i));
+    REQUIRE(order.size() == nodes.size());
+    for (int i : order) {
       TNode& n = nodes[i];
-      if ((n.mode & S_IFMT) == S_IFDIR) dir_blocks(static_cast<int>(i), &dir_sizes[i]);
+      if ((n.mode & S_IFMT) == S_IFDIR) dir_blocks(i, &dir_sizes[i]);
       uint64_t body = (n.compact ? 32 : 64) + xattr_size(n);
       uint64_t total = body;
       if ((n.mode & S_IFMT) == S_IFREG) total = align(body, 8) + 8 * n.chunks.size();
@@ -962,6 +969,244 @@ TEST_CASE("v6 refusals name the structure", "[bootstrap][v6]") {
     put16(p, 1038, 0xffff);  // root nid past the end
     check(p, Code::kInvalidInput, "inode nid 65535");
   }
+}
+
+namespace {
+
+// The order upstream's builder lays inodes out in (§4.6): a directory, its
+// non-directory children in name order, then its subdirectories the same
+// way; a hard link's further names take no slot.
+std::vector<int> upstream_layout(const V6Builder& b) {
+  std::vector<int> order;
+  std::vector<bool> placed(b.nodes.size(), false);
+  auto walk = [&](auto&& self, int dir) -> void {
+    order.push_back(dir);
+    placed[dir] = true;
+    std::vector<Entry> entries = b.nodes[dir].entries;
+    std::sort(entries.begin(), entries.end(), [](const Entry& x, const Entry& y) { return x.name < y.name; });
+    for (const auto& e : entries)
+      if ((b.nodes[e.node].mode & S_IFMT) != S_IFDIR && !placed[e.node]) {
+        order.push_back(e.node);
+        placed[e.node] = true;
+      }
+    for (const auto& e : entries)
+      if ((b.nodes[e.node].mode & S_IFMT) == S_IFDIR && !placed[e.node]) self(self, e.node);
+  };
+  walk(walk, 0);
+  return order;
+}
+
+// path -> (nid, mode, size, chunk digests and offsets) for every name.
+std::map<std::string, std::string> describe(const Image& img) {
+  std::map<std::string, std::string> out;
+  std::deque<std::pair<Ino, std::string>> pending{{img.root(), ""}};
+  while (!pending.empty()) {
+    auto [dir, path] = pending.front();
+    pending.pop_front();
+    REQUIRE(img.read_dir(dir, 0,
+                         [&](const DirEntry& e, uint64_t) {
+                           if (e.name == "." || e.name == "..") return true;
+                           auto attr = img.inode(e.ino);
+                           REQUIRE(attr.ok());
+                           std::string d = std::to_string(attr->mode) + " " + std::to_string(attr->size);
+                           if (e.type == S_IFDIR) pending.emplace_back(e.ino, path + "/" + e.name);
+                           if (e.type == S_IFREG) {
+                             auto chunks = img.chunks(e.ino, 0, attr->size);
+                             REQUIRE(chunks.ok());
+                             for (const auto& c : *chunks)
+                               d += " " + std::to_string(c.chunk_index) + "@" +
+                                    std::to_string(c.compressed_offset) + ":" + hex_of(c.digest).substr(0, 2);
+                           }
+                           out[path + "/" + e.name] = d;
+                           return true;
+                         })
+                .ok());
+  }
+  return out;
+}
+
+// A tree of `dirs` directories with `files` one-chunk files each (plus a
+// nested directory and a hard link), chunk `ci_step * i` for file i, and a
+// chunk table in digest order, i.e. shuffled with respect to the files.
+V6Builder chunky_tree(int dirs, int files, uint32_t ci_step) {
+  V6Builder b;
+  b.blob_chunk_count = ci_step == 1 ? static_cast<uint32_t>(dirs * files) : 0;
+  uint32_t ci = 0;
+  int first = -1;
+  for (int d = 0; d < dirs; ++d) {
+    int dir = b.dir(0, "dir" + std::to_string(d));
+    if (d == 1) b.dir(dir, "nested");
+    for (int f = 0; f < files; ++f, ci += ci_step) {
+      const uint64_t d_off = uint64_t{ci / ci_step} * 4096;
+      const uint32_t blkaddr = static_cast<uint32_t>(d_off / 4096);
+      int node = b.file(dir, "f" + std::to_string(f), 100 + f, {{1, ci, blkaddr}});
+      // digest0 is a permutation of the file order: the table is digest-sorted.
+      b.records.push_back({static_cast<uint8_t>(ci / ci_step * 37 % 251), 0, 0, 100u + f, 100u + f,
+                           d_off + 7, d_off, ci, 0});
+      if (first < 0) first = node;
+    }
+  }
+  b.nodes[first].nlink = 2;
+  b.link(static_cast<int>(b.nodes.size() - 1 - files), "hardlink", first);
+  std::sort(b.records.begin(), b.records.end(),
+            [](const ChunkRec& x, const ChunkRec& y) { return x.digest0 < y.digest0; });
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("v6 open: chunk table in digest order, dense and sparse chunk indexes", "[bootstrap][v6]") {
+  // Dense slot table; sorted sparse slots (chunk indexes stay below 2^24).
+  for (uint32_t step : {1u, 50000u}) {
+    INFO("chunk index step " << step);
+    V6Builder b = chunky_tree(4, 50, step);
+    // A second record for chunk index 0 that agrees on the location: the
+    // first record in table order is the one served.
+    ChunkRec again =
+        *std::find_if(b.records.begin(), b.records.end(), [](const ChunkRec& r) { return r.index == 0; });
+    const uint8_t first_digest = again.digest0;
+    again.digest0 = 0xfe;
+    b.records.push_back(again);
+    auto bytes = b.build();
+    auto img = Image::from_bytes(bytes, "t.boot");
+    INFO(img.status().message());
+    REQUIRE(img.ok());
+    CHECK(walk_all(**img).empty());
+    for (int d = 0; d < 4; ++d) {
+      Ino dir = *(*img)->lookup((*img)->root(), "dir" + std::to_string(d));
+      for (int f = 0; f < 50; f += 7) {
+        Ino ino = *(*img)->lookup(dir, "f" + std::to_string(f));
+        auto chunks = (*img)->chunks(ino, 0, UINT64_MAX);
+        REQUIRE(chunks.ok());
+        REQUIRE(chunks->size() == 1);
+        const ChunkRef& c = (*chunks)[0];
+        const uint32_t i = static_cast<uint32_t>(d * 50 + f);
+        CHECK(c.located);
+        CHECK(c.chunk_index == i * step);
+        CHECK(c.uncompressed_offset == uint64_t{i} * 4096);
+        CHECK(c.uncompressed_size == 100u + f);
+        CHECK(c.compressed_offset == uint64_t{i} * 4096 + 7);
+        CHECK(c.digest[0] == (i == 0 ? first_digest : i * 37 % 251));
+      }
+    }
+    // The same chunk index with a different location is refused.
+    b.records.back().c_off += 4096;
+    Status s = open_status(b.build());
+    CHECK(s.code() == Code::kInvalidInput);
+    CHECK(s.message().find("chunk table: two records for blob 0 chunk 0 disagree on location") !=
+          std::string::npos);
+    // A file whose chunk is in the table with another size is refused.
+    b.records.pop_back();
+    b.records.front().d_size -= 1;
+    b.records.front().c_size -= 1;
+    s = open_status(b.build());
+    CHECK(s.code() == Code::kInvalidInput);
+    CHECK(s.message().find("bytes, file needs") != std::string::npos);
+  }
+}
+
+TEST_CASE("v6 open: any inode layout order gives the same image", "[bootstrap][v6]") {
+  // Upstream's order (nids ascend along the walk: no sort at open),
+  // creation order (directories first here) and the reverse of upstream's.
+  V6Builder b = chunky_tree(3, 40, 1);
+  b.symlink(0, "ln", "dir0/f1", true);
+  b.special(1, "fifo", S_IFIFO | 0644, 0, true);  // in dir0
+  const std::vector<int> upstream = upstream_layout(b);
+  std::vector<int> reversed(upstream.rbegin(), upstream.rend() - 1);
+  reversed.insert(reversed.begin(), 0);  // the root stays first (16-bit root nid)
+  std::map<std::string, std::string> first;
+  for (const auto& order : {upstream, std::vector<int>{}, reversed}) {
+    b.layout = order;
+    auto bytes = b.build();
+    auto img = Image::from_bytes(bytes, "t.boot");
+    INFO(img.status().message());
+    REQUIRE(img.ok());
+    size_t seen = 0;
+    CHECK(walk_all(**img, &seen).empty());
+    CHECK(seen == b.nodes.size());
+    CHECK((*img)->super().inodes_count == b.nodes.size());
+    // Attributes and chunks per path; nids differ between layouts.
+    auto d = describe(**img);
+    if (first.empty()) first = d;
+    CHECK(d == first);
+    for (size_t i = 0; i < b.nodes.size(); ++i) CHECK((*img)->inode(b.nodes[i].nid).ok());
+  }
+  CHECK(first.size() == 3 + 120 + 1 + 1 + 1 + 1);
+}
+
+TEST_CASE("v6 open: further names of an inode are checked after the walk", "[bootstrap][v6]") {
+  auto expect = [](V6Builder& b, const std::string& needle) {
+    for (bool upstream : {false, true}) {
+      b.layout = upstream ? upstream_layout(b) : std::vector<int>{};
+      Status s = open_status(b.build());
+      INFO(s.message());
+      CHECK(s.code() == Code::kInvalidInput);
+      CHECK(s.message().find(needle) != std::string::npos);
+    }
+  };
+  SECTION("a regular-file name for a directory") {
+    V6Builder b;
+    int d = b.dir(0, "d");
+    b.link(0, "e", d, 1);  // walked before "d"'s own contents, after its name
+    expect(b, "entry 'e': directory nid");
+    expect(b, "is reached twice");
+  }
+  SECTION("a further name with another file type") {
+    V6Builder b;
+    int sub = b.dir(0, "sub");
+    int f = b.file(0, "f", 0, {});
+    b.nodes[f].nlink = 2;
+    b.link(sub, "g", f, 7);
+    expect(b, "entry 'g': file type 7 does not match the regular file");
+  }
+  SECTION("names in several directories count against nlink") {
+    V6Builder b;
+    int sub = b.dir(0, "sub");
+    int deep = b.dir(sub, "deep");
+    int f = b.file(deep, "f", 0, {});
+    b.link(0, "a", f);
+    b.link(sub, "b", f);
+    b.nodes[f].nlink = 3;
+    CHECK(open_status(b.build()).ok());
+    b.layout = upstream_layout(b);
+    CHECK(open_status(b.build()).ok());
+    b.nodes[f].nlink = 2;
+    expect(b, "3 directory entries but nlink 2");
+  }
+}
+
+TEST_CASE("v6 open: xattr areas with many entries, symlinks with NUL", "[bootstrap][v6]") {
+  V6Builder b;
+  int f = b.file(0, "f", 0, {});
+  for (int i = 0; i < 40; ++i) b.nodes[f].xattrs.emplace_back(1, "k" + std::to_string(i), std::to_string(i));
+  b.nodes[f].xattrs.emplace_back(2, "", "acl");
+  b.nodes[f].xattrs.emplace_back(6, "k0", "same suffix, other prefix");
+  {
+    auto bytes = b.build();
+    auto img = Image::from_bytes(bytes, "t.boot");
+    INFO(img.status().message());
+    REQUIRE(img.ok());
+    auto x = (*img)->xattrs(b.nodes[f].nid);
+    REQUIRE(x.ok());
+    REQUIRE(x->size() == 42);
+    CHECK((*x)[39].name == "user.k39");
+    CHECK((*x)[39].value == "39");
+    CHECK((*x)[41].name == "security.k0");
+  }
+  // A duplicate past the pairwise-checked first entries, and among them.
+  b.nodes[f].xattrs.emplace_back(1, "k17", "again");
+  Status s = open_status(b.build());
+  CHECK(s.code() == Code::kInvalidInput);
+  CHECK(s.message().find("xattrs: duplicate name user.k17") != std::string::npos);
+  b.nodes[f].xattrs = {{4, "a", "1"}, {4, "b", "2"}, {4, "a", "3"}};
+  s = open_status(b.build());
+  CHECK(s.message().find("xattrs: duplicate name trusted.a") != std::string::npos);
+
+  V6Builder l;
+  l.symlink(0, "l", std::string("a\0b", 3), true);
+  s = open_status(l.build());
+  CHECK(s.code() == Code::kInvalidInput);
+  CHECK(s.message().find("symlink target contains NUL") != std::string::npos);
 }
 
 namespace {
