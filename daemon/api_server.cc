@@ -2,8 +2,10 @@
 
 #include <fcntl.h>
 #include <microhttpd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -470,6 +472,24 @@ Status ApiServer::Impl::start() {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = false;
   }
+  // Threads inherit the nice value of the thread that creates them (it is
+  // per thread on Linux): adjust ours while MHD and the workers start, then
+  // put it back.
+  const pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
+  errno = 0;
+  const int caller_nice = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
+  const bool adjusted = opts_.nice_adjustment != 0 && errno == 0 &&
+                        setpriority(PRIO_PROCESS, static_cast<id_t>(tid), caller_nice + opts_.nice_adjustment) == 0;
+  if (opts_.nice_adjustment != 0 && !adjusted)
+    LOG_DEBUG("api: cannot change the API threads' nice value by %d: %s", opts_.nice_adjustment, std::strerror(errno));
+  struct RestoreNice {
+    bool active;
+    pid_t tid;
+    int nice;
+    ~RestoreNice() {
+      if (active) setpriority(PRIO_PROCESS, static_cast<id_t>(tid), nice);
+    }
+  } restore_nice{adjusted, tid, caller_nice};
   mhd_ = MHD_start_daemon(flags, 0, nullptr, nullptr, &Impl::on_access, this,
                           MHD_OPTION_EXTERNAL_LOGGER, &mhd_logger, nullptr,  // must come first
                           MHD_OPTION_LISTEN_SOCKET, static_cast<MHD_socket>(fd),

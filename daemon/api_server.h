@@ -122,6 +122,13 @@ struct ApiServerOptions {
   // being handled to be answered (the reply to PUT /daemon/exit must reach
   // the snapshotter although the exit triggers the stop).
   std::chrono::milliseconds drain_timeout{1000};
+  // Nice value the server's threads (MHD's polling thread and the handler
+  // workers) run at, relative to the thread calling start(): negative =
+  // scheduled ahead of the FUSE workers, so that the snapshotter's polls
+  // are answered promptly while reads saturate the CPUs. Lowering a nice
+  // value needs CAP_SYS_NICE; without it the threads run at the caller's
+  // priority (logged at debug level).
+  int nice_adjustment = 0;
 };
 
 class ApiServer {
