@@ -665,7 +665,12 @@ Result<std::string> Vfs::getxattr(NodeId node, std::string_view name) const {
     if (t.table->dir(node) == nullptr) return not_mounted(node);
     return Status(Code::kNoData, "no such xattr");
   }
-  return t.mount->info.fs->getxattr(t.inner, name);
+  auto value = t.mount->info.fs->getxattr(t.inner, name);
+  // One instance's disabled xattrs must not switch them off for the whole
+  // connection (the adapter answers kUnsupported with ENOSYS, which the
+  // kernel remembers per FUSE mount): it just has none.
+  if (!value.ok() && value.status().code() == Code::kUnsupported) return Status(Code::kNoData, "no such xattr");
+  return value;
 }
 
 Result<std::vector<std::string>> Vfs::listxattr(NodeId node) const {
@@ -675,7 +680,9 @@ Result<std::vector<std::string>> Vfs::listxattr(NodeId node) const {
     if (t.table->dir(node) == nullptr) return not_mounted(node);
     return std::vector<std::string>{};
   }
-  return t.mount->info.fs->listxattr(t.inner);
+  auto names = t.mount->info.fs->listxattr(t.inner);
+  if (!names.ok() && names.status().code() == Code::kUnsupported) return std::vector<std::string>{};  // see getxattr
+  return names;
 }
 
 Result<struct statvfs> Vfs::statfs(NodeId node) const {

@@ -211,8 +211,11 @@ class Vfs {
   Status readdir(NodeId dir, uint64_t cookie, bool full_attr, const DirFiller& fn) const;
   Status open(NodeId node) const;
   Result<size_t> read(NodeId node, uint64_t offset, std::span<uint8_t> dst) const;
-  // Pseudo directories have no xattrs: kNoData / empty list (never
-  // kUnsupported, so the adapter never answers ENOSYS for them).
+  // Pseudo directories have no xattrs: kNoData / empty list. In shared
+  // mode an instance with xattrs disabled answers the same instead of
+  // kUnsupported: the adapter turns kUnsupported into ENOSYS, which the
+  // kernel applies to the whole FUSE mount, i.e. to every other instance.
+  // Dedicated mode passes kUnsupported through (upstream's behaviour).
   Result<std::string> getxattr(NodeId node, std::string_view name) const;
   Result<std::vector<std::string>> listxattr(NodeId node) const;
   Result<struct statvfs> statfs(NodeId node) const;

@@ -28,14 +28,15 @@ constexpr char kV6Blobs[] = "blobs";
 constexpr char kV5Boot[] = "repeatable/sha256-nocompress-repeatable";
 constexpr char kV5Blobs[] = "repeatable/blobs";
 
-std::shared_ptr<fs::Filesystem> make_fs(std::unique_ptr<bootstrap::Image> image, const std::string& blob_dir) {
+std::shared_ptr<fs::Filesystem> make_fs(std::unique_ptr<bootstrap::Image> image, const std::string& blob_dir,
+                                        bool enable_xattr = true) {
   backend::LocalFsConfig local;
   local.dir = blob_dir;
   backend::ChunkReaderOptions options;
   options.validate_digest = true;
   auto reader = std::make_unique<backend::ChunkReader>(image->blobs(), backend::make_localfs_backend(local), options);
   fs::FsOptions fs_options;
-  fs_options.enable_xattr = true;
+  fs_options.enable_xattr = enable_xattr;
   fs_options.default_uid = 4242;
   fs_options.default_gid = 4343;
   return std::make_shared<fs::Filesystem>(std::move(image), std::move(reader), fs_options);
@@ -668,4 +669,27 @@ TEST_CASE("vfs: instance node ids that do not fit in 56 bits are refused, not al
   Vfs dedicated;
   REQUIRE(dedicated.mount("/", f).ok());
   CHECK(dedicated.lookup(fs::kRootNode, "big")->node == HugeIno::kBig);
+}
+
+TEST_CASE("vfs: an instance with xattrs disabled has none in shared mode, never kUnsupported") {
+  auto image = bootstrap::Image::open(nydus::test::fixture(kV6Boot));
+  REQUIRE(image.ok());
+  auto no_xattr = make_fs(std::move(image).value(), nydus::test::fixture(kV6Blobs), false);
+  {
+    Vfs shared;
+    REQUIRE(shared.mount("/a", no_xattr).ok());
+    auto root = shared.lookup(fs::kRootNode, "a");
+    REQUIRE(root.ok());
+    auto value = shared.getxattr(root->node, "user.x");
+    REQUIRE_FALSE(value.ok());
+    CHECK(value.status().code() == Code::kNoData);
+    auto names = shared.listxattr(root->node);
+    REQUIRE(names.ok());
+    CHECK(names->empty());
+  }
+  Vfs dedicated;
+  REQUIRE(dedicated.mount("/", no_xattr).ok());
+  auto value = dedicated.getxattr(fs::kRootNode, "user.x");
+  REQUIRE_FALSE(value.ok());
+  CHECK(value.status().code() == Code::kUnsupported);
 }

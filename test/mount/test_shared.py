@@ -2,6 +2,7 @@
 R/mnt/<sid> through the admin API, driven as nydus-snapshotter drives it
 (nydusd-contract.md §4.2 shared argv, §4.4 B, C, D, E; §5 for failover).
 """
+import errno
 import hashlib
 import json
 import os
@@ -364,3 +365,40 @@ def test_shared_mode_hot_upgrade(tmp_path):
             new.stop()
         old.stop()
         supervisor.close()
+
+
+def test_xattrs_disabled_on_one_instance_do_not_hide_another_instances_xattrs(tmp_path):
+    """ENOSYS for getxattr switches xattrs off for the whole FUSE mount: an
+    instance with enable_xattr false must answer 'no such attribute'
+    instead, or every other image in the shared daemon loses its xattrs."""
+    from test_builder import NYDUS_IMAGE
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "file").write_bytes(b"with an xattr\n")
+    os.setxattr(src / "file", b"user.comment", b"hello")
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    boot = tmp_path / "image.boot"
+    subprocess.run([str(NYDUS_IMAGE), "create", "--bootstrap", str(boot), "--blob-dir", str(blobs), str(src)],
+                   check=True, capture_output=True)
+    d = SnapshotterLikeDaemon(tmp_path / "R", None)
+    try:
+        d.wait_socket()
+        wait_state(d.sock, "RUNNING")
+        for sid, enable in (("off", False), ("on", True)):
+            config = instance_config(sid, blobs, d.root / "cache")
+            config["enable_xattr"] = enable
+            status, body, _ = call(d.sock, "POST", f"/api/v1/mount?mountpoint=%2F{sid}",
+                                   {"fs_type": "rafs", "source": str(boot), "config": json.dumps(config)})
+            assert status == 204, body
+        try:
+            os.getxattr(d.mountpoint / "off" / "file", "user.comment")
+            raise AssertionError("xattrs are disabled on /off")
+        except OSError as error:
+            assert error.errno == errno.ENODATA, error
+        assert os.listxattr(d.mountpoint / "off" / "file") == []
+        assert os.getxattr(d.mountpoint / "on" / "file", "user.comment") == b"hello"
+        assert os.listxattr(d.mountpoint / "on" / "file") == ["user.comment"]
+        assert d.stop() == 0
+    finally:
+        d.stop()
