@@ -402,3 +402,34 @@ def test_xattrs_disabled_on_one_instance_do_not_hide_another_instances_xattrs(tm
         assert d.stop() == 0
     finally:
         d.stop()
+
+
+def test_shared_mode_restart_policy_remounts_by_re_posting(tmp_path):
+    """§4.4 F with recover_policy=restart: after the daemon dies the
+    snapshotter unmounts, deletes api.sock, execs the same argv and re-POSTs
+    every instance in creation order; the images are back at their paths."""
+    d = SnapshotterLikeDaemon(tmp_path, None)
+    successor = None
+    try:
+        d.wait_socket()
+        wait_state(d.sock, "RUNNING")
+        for sid, boot, blobs in (("42", V6_BOOT, V6_BLOBS), ("43", V5_BOOT, V5_BLOBS)):
+            assert post_mount(d, sid, boot, blobs)[0] == 204
+        v5_tree = tree_digests(d.mountpoint / "43")
+        d.proc.kill()
+        d.proc.wait()
+        subprocess.run(["umount", "-l", str(d.mountpoint)], check=True)
+        d.sock.unlink()
+        successor = SnapshotterLikeDaemon(tmp_path, None)
+        successor.wait_socket()
+        wait_state(successor.sock, "RUNNING")  # a normal start: nothing to take over
+        assert os.listdir(successor.mountpoint) == []
+        for sid, boot, blobs in (("42", V6_BOOT, V6_BLOBS), ("43", V5_BOOT, V5_BLOBS)):
+            assert post_mount(successor, sid, boot, blobs)[0] == 204
+        assert sha256_file(successor.mountpoint / "42" / "lib.rs") == LIB_RS_SHA256
+        assert tree_digests(successor.mountpoint / "43") == v5_tree
+        assert successor.stop() == 0
+    finally:
+        if successor is not None:
+            successor.stop()
+        d.stop()
