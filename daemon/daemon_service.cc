@@ -69,7 +69,8 @@ DaemonSavedState DaemonService::saved_state() const {
   saved.vfs.pseudo_dirs.assign(vfs.pseudo_dirs.begin(), vfs.pseudo_dirs.end());
   for (const auto& instance : instances_) {
     const RafsMountSpec& spec = instance->spec();
-    SavedMount m{spec.mountpoint, "rafs", spec.source, spec.config_text, spec.prefetch_files, 0, 0};
+    SavedMount m{spec.mountpoint, "rafs", spec.source, spec.config_text, spec.prefetch_files, 0, 0,
+                 instance->renewed_registry_auth()};
     if (auto info = vfs_.find(spec.mountpoint)) {
       m.vfs_index = info->index;
       m.generation = info->generation;
@@ -98,7 +99,7 @@ Status DaemonService::restore(const DaemonSavedState& saved) {
     auto config = parse_config(m.config);
     if (!config.ok()) return Status::invalid("restore " + m.mountpoint + ": " + config.status().message());
     auto instance = RafsInstance::create(RafsMountSpec{m.mountpoint, m.source, m.config, std::move(config).value(),
-                                                       m.prefetch_files, std::nullopt});
+                                                       m.prefetch_files, m.registry_auth});
     if (!instance.ok()) return Status(instance.status().code(), "restore " + m.mountpoint + ": " + instance.status().message());
     NYDUS_TRY(attach(std::move(instance).value(), m.vfs_index == 0 ? std::nullopt : std::optional(m.vfs_index),
                      m.generation));

@@ -15,11 +15,6 @@
 #include <string>
 #include <vector>
 
-#include "backend/chunk_reader.h"
-#include "backend/localfs_backend.h"
-#include "backend/prefetcher.h"
-#include "backend/registry_backend.h"
-#include "bootstrap/image.h"
 #include "common/log.h"
 #include "daemon/api_server.h"
 #include "daemon/api_v1.h"
@@ -31,8 +26,7 @@
 #include "daemon/rafs_instance.h"
 #include "daemon/saved_state.h"
 #include "daemon/supervisor.h"
-#include "fs/filesystem.h"
-#include "fs/prefetch_plan.h"
+#include "fs/vfs.h"
 
 namespace nydus::daemon {
 namespace {

@@ -78,8 +78,12 @@ Result<std::shared_ptr<RafsInstance>> RafsInstance::create(RafsMountSpec spec) {
                                  " uses gzip chunks (eStargz/zran), which are not supported yet");
   }
   NYDUS_ASSIGN(auto backend, make_backend(config.backend, s.auth_override, instance->backend_metrics_.get()));
-  if (config.backend.type == "registry")
+  if (config.backend.type == "registry") {
     instance->registry_auth_ = s.auth_override.value_or(config.backend.registry.auth);
+    // Credentials from elsewhere than the config text (IMAGE_PULL_AUTH, a
+    // predecessor's renewal) must reach a successor too.
+    instance->auth_renewed_ = s.auth_override.has_value();
+  }
   LOG_INFO("%s: bootstrap %s: RAFS v%u, %zu blob(s), %llu inodes, chunk size %u, %s/%s", s.mountpoint.c_str(),
            s.source.c_str(), image->super().version, image->blobs().size(),
            static_cast<unsigned long long>(image->super().inodes_count), image->super().chunk_size,
@@ -145,7 +149,14 @@ Status RafsInstance::update_registry_auth(const std::string& auth) {
   NYDUS_TRY(reader_->backend().update_auth(auth));
   std::lock_guard<std::mutex> lock(auth_mu_);
   registry_auth_ = auth;
+  auth_renewed_ = true;
   return Status::Ok();
+}
+
+std::optional<std::string> RafsInstance::renewed_registry_auth() const {
+  std::lock_guard<std::mutex> lock(auth_mu_);
+  if (!auth_renewed_) return std::nullopt;
+  return registry_auth_;
 }
 
 void RafsInstance::log_summary() const {

@@ -77,6 +77,10 @@ class RafsInstance {
   std::string registry_auth() const;
   // Replaces the backend's credentials (registry backend only).
   Status update_registry_auth(const std::string& auth);
+  // The credentials that replace the config's, if any (set by
+  // update_registry_auth(), or given as spec().auth_override): what a
+  // successor must use instead of the config's (failover).
+  std::optional<std::string> renewed_registry_auth() const;
 
   // One log line per counter group: where the bytes came from.
   void log_summary() const;
@@ -97,6 +101,7 @@ class RafsInstance {
   std::unique_ptr<backend::Prefetcher> prefetcher_;
   mutable std::mutex auth_mu_;
   std::string registry_auth_;  // GUARDED_BY(auth_mu_)
+  bool auth_renewed_ = false;  // GUARDED_BY(auth_mu_): registry_auth_ is not the config's
 };
 
 }  // namespace nydus::daemon

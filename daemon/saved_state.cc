@@ -187,7 +187,8 @@ Status check_absolute(const std::string& path, const std::string& field) {
 Result<SavedMount> decode_mount(const json& m, const std::string& where) {
   if (!m.is_object()) return bad(where, "not an object");
   NYDUS_TRY(check_keys(m, where,
-                       {"mountpoint", "fs_type", "source", "config", "prefetch_files", "vfs_index", "generation"}));
+                       {"mountpoint", "fs_type", "source", "config", "prefetch_files", "vfs_index", "generation",
+                        "registry_auth"}));
   SavedMount out;
   NYDUS_ASSIGN(out.mountpoint, get_member_bytes(m, where, "mountpoint", kSavedStateMaxPathBytes));
   NYDUS_TRY(check_absolute(out.mountpoint, where + ".mountpoint"));
@@ -213,6 +214,10 @@ Result<SavedMount> decode_mount(const json& m, const std::string& where) {
   NYDUS_ASSIGN(uint64_t index, get_uint(m, where, "vfs_index", 255));
   out.vfs_index = static_cast<uint8_t>(index);
   NYDUS_ASSIGN(out.generation, get_uint(m, where, "generation", UINT32_MAX));
+  if (m.contains("registry_auth")) {
+    NYDUS_ASSIGN(std::string auth, get_member_bytes(m, where, "registry_auth", kSavedStateMaxPathBytes));
+    out.registry_auth = std::move(auth);
+  }
   return out;
 }
 
@@ -253,13 +258,15 @@ std::vector<uint8_t> encode_saved_state(const DaemonSavedState& state) {
   for (const SavedMount& m : state.mounts) {
     json files = json::array();
     for (const std::string& f : m.prefetch_files) files.push_back(bytes_value(f));
-    mounts.push_back(json{{"mountpoint", bytes_value(m.mountpoint)},
-                          {"fs_type", bytes_value(m.fs_type)},
-                          {"source", bytes_value(m.source)},
-                          {"config", bytes_value(m.config)},
-                          {"prefetch_files", std::move(files)},
-                          {"vfs_index", m.vfs_index},
-                          {"generation", m.generation}});
+    json mount{{"mountpoint", bytes_value(m.mountpoint)},
+               {"fs_type", bytes_value(m.fs_type)},
+               {"source", bytes_value(m.source)},
+               {"config", bytes_value(m.config)},
+               {"prefetch_files", std::move(files)},
+               {"vfs_index", m.vfs_index},
+               {"generation", m.generation}};
+    if (m.registry_auth) mount["registry_auth"] = bytes_value(*m.registry_auth);
+    mounts.push_back(std::move(mount));
   }
   json dirs = json::array();
   for (const auto& [path, node] : state.vfs.pseudo_dirs) dirs.push_back(json::array({bytes_value(path), node}));

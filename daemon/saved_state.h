@@ -14,7 +14,11 @@
 //            "pseudo_dirs": [["/a", 2]]},
 //    "mounts": [{"mountpoint": "/42", "fs_type": "rafs", "source": "/x/image.boot",
 //                "config": "{...config text...}", "prefetch_files": ["/etc"],
-//                "vfs_index": 1, "generation": 1}]}
+//                "vfs_index": 1, "generation": 1, "registry_auth": "dXNlcjpwYXNz"}]}
+//
+// "registry_auth" (optional) carries credentials renewed through
+// PUT /api/v1/config after the mount: the config text still holds the
+// ones it was mounted with.
 //
 // Strings that are not valid UTF-8 (file names may be any bytes) are
 // written as {"base64": "..."} instead of a JSON string, so encoding is
@@ -59,6 +63,7 @@ struct SavedMount {
   std::vector<std::string> prefetch_files;  // absolute paths
   uint8_t vfs_index = 0;                    // fs::MountIndex
   uint64_t generation = 0;                  // FUSE generation of the mount (0 for "/")
+  std::optional<std::string> registry_auth;  // renewed credentials, replacing the config's
 
   bool operator==(const SavedMount&) const = default;
 };

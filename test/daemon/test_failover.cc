@@ -91,8 +91,8 @@ DaemonSavedState sample_state() {
   s.vfs.pseudo_dirs = {{"/a", 2}, {"/a/b", 3}};
   s.mounts.push_back(SavedMount{"/42", "rafs", "/var/lib/snap/42/image.boot",
                                 R"({"device":{"backend":{"type":"registry","config":{"host":"h","repo":"r"}}},"mode":"direct"})",
-                                {"/etc", "/usr/bin/sh"}, 1, 7});
-  s.mounts.push_back(SavedMount{"/a/b/43", "rafs", "/b.boot", "", {}, 2, 8});
+                                {"/etc", "/usr/bin/sh"}, 1, 7, "dXNlcjpyZW5ld2Vk"});
+  s.mounts.push_back(SavedMount{"/a/b/43", "rafs", "/b.boot", "", {}, 2, 8, std::nullopt});
   return s;
 }
 

@@ -558,3 +558,55 @@ def test_inflight_lists_a_read_stuck_on_the_registry(image, tmp_path):
                 reader.join(30)
                 assert result["digest"] == image["digests"][name]
                 assert call(sock, "GET", "/api/v1/metrics/inflight")[0] == 204
+
+
+def test_shared_mode_failover_keeps_credentials_renewed_through_the_api(image, tmp_path):
+    """Shared mode, §4.4 E then §5: an instance POSTed with credentials that
+    no longer work, renewed with PUT /api/v1/config?id=/<sid>; after a crash
+    failover the restored instance still uses the renewed ones (the POSTed
+    config text alone would give 401s)."""
+    from test_api import SnapshotterLikeDaemon
+    from test_failover import Supervisor, send_states, wait_state
+    with rh.Registry(tls=True, auth="basic") as registry:
+        rh.push_image(registry, REPO, image["bootstrap"], image["blobs"])
+        config = registry_config(tmp_path / "R" / "cache", registry.host, "https",
+                                 ca_cert_files=[str(registry.ca_path)], retry_limit=0,
+                                 auth="d3Jvbmc6Y3JlZGVudGlhbHM=")  # wrong:credentials
+        config["device"]["id"] = "/42"
+        supervisor = Supervisor(tmp_path / "R" / "supervisor" / "cq1fk6f5ntt0000abcde.sock")
+        d = SnapshotterLikeDaemon(tmp_path / "R", None)
+        successor = None
+        try:
+            d.wait_socket()
+            wait_state(d.sock, "RUNNING")
+            status, body, _ = call(d.sock, "POST", "/api/v1/mount?mountpoint=%2F42",
+                                   {"fs_type": "rafs", "source": str(image["bootstrap"]), "config": json.dumps(config)})
+            assert status == 204, body
+            names = sorted(image["digests"])
+            with pytest.raises(OSError):
+                (d.mountpoint / "42" / names[0]).read_bytes()  # 401 with the POSTed credentials
+            status, body, _ = call(d.sock, "PUT", "/api/v1/config?id=%2F42", {"registry_auth": registry.auth_b64})
+            assert status == 204, body
+            assert sha256_file(d.mountpoint / "42" / names[0]) == image["digests"][names[0]]
+            send_states(d, supervisor)
+            d.proc.kill()
+            d.proc.wait()
+            sender = supervisor.send_in_background()
+            successor = SnapshotterLikeDaemon(tmp_path / "R", None)
+            successor.wait_socket()
+            wait_state(successor.sock, "INIT")
+            assert call(successor.sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 204
+            sender.join(5)
+            assert call(successor.sock, "PUT", "/api/v1/daemon/start")[0] == 204
+            wait_state(successor.sock, "RUNNING")
+            # Files not read before: fetched by the successor, with the renewed credentials.
+            for name in names[1:]:
+                assert sha256_file(d.mountpoint / "42" / name) == image["digests"][name], name
+            status, conf, _ = call(successor.sock, "GET", "/api/v1/config?id=%2F42")
+            assert status == 200 and conf["registry_auth"] == registry.auth_b64
+            assert successor.stop() == 0
+        finally:
+            if successor is not None:
+                successor.stop()
+            d.stop()
+            supervisor.close()
