@@ -21,10 +21,11 @@ Result<FileBytes> FileBytes::open(const std::string& path) {
     return Status::invalid(path + " is larger than 2 GiB, the RAFS metadata limit");
   FileBytes file;
   const size_t size = static_cast<size_t>(st.st_size);
-  file.owned_.resize(size);
+  file.owned_ = std::make_unique_for_overwrite<uint8_t[]>(size);
+  file.size_ = size;
   size_t done = 0;
   while (done < size) {
-    ssize_t n = pread(fd.get(), file.owned_.data() + done, size - done, static_cast<off_t>(done));
+    ssize_t n = pread(fd.get(), file.owned_.get() + done, size - done, static_cast<off_t>(done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return Status::io("cannot read " + path + ": " + std::strerror(errno));
     if (n == 0) return Status::io("file " + path + " shrank while being read");
@@ -35,7 +36,9 @@ Result<FileBytes> FileBytes::open(const std::string& path) {
 
 FileBytes FileBytes::from_bytes(std::span<const uint8_t> bytes) {
   FileBytes file;
-  file.owned_.assign(bytes.begin(), bytes.end());
+  file.owned_ = std::make_unique_for_overwrite<uint8_t[]>(bytes.size());
+  file.size_ = bytes.size();
+  if (!bytes.empty()) std::memcpy(file.owned_.get(), bytes.data(), bytes.size());
   return file;
 }
 

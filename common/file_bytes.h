@@ -9,9 +9,9 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
-#include <vector>
 
 #include "common/status.h"
 
@@ -20,8 +20,13 @@ namespace nydus {
 class FileBytes {
  public:
   FileBytes() = default;
-  FileBytes(FileBytes&&) noexcept = default;
-  FileBytes& operator=(FileBytes&&) noexcept = default;
+  FileBytes(FileBytes&& other) noexcept : owned_(std::move(other.owned_)), size_(other.size_) { other.size_ = 0; }
+  FileBytes& operator=(FileBytes&& other) noexcept {
+    owned_ = std::move(other.owned_);
+    size_ = other.size_;
+    other.size_ = 0;
+    return *this;
+  }
   FileBytes(const FileBytes&) = delete;
   FileBytes& operator=(const FileBytes&) = delete;
 
@@ -30,11 +35,14 @@ class FileBytes {
   // Wraps a copy of `bytes` (tests and fuzzers).
   static FileBytes from_bytes(std::span<const uint8_t> bytes);
 
-  std::span<const uint8_t> bytes() const { return {owned_.data(), owned_.size()}; }
-  size_t size() const { return owned_.size(); }
+  std::span<const uint8_t> bytes() const { return {owned_.get(), size_}; }
+  size_t size() const { return size_; }
 
  private:
-  std::vector<uint8_t> owned_;
+  // Not zero-filled before the read overwrites it: for a 20 MiB bootstrap
+  // the fill alone was a fifth of the daemon's start-up time.
+  std::unique_ptr<uint8_t[]> owned_;
+  size_t size_ = 0;
 };
 
 }  // namespace nydus
