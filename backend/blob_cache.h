@@ -85,8 +85,11 @@ class BlobCacheFile {
   // committed again).
   Status commit(uint32_t chunk_index, uint64_t uncompressed_offset, std::span<const uint8_t> data);
 
-  uint32_t ready_count() const { return map_->ready_count(); }
-  // True when every chunk is ready (ChunkMap::all_ready).
+  // Counts the chunk map's bits now (ChunkMap::ready_count: includes
+  // chunks other instances on the same files cached).
+  uint32_t ready_count() { return map_->ready_count(); }
+  // True when every chunk is ready (ChunkMap::all_ready; call ready_count()
+  // first to take other instances' chunks into account).
   bool fully_cached() const { return map_->all_ready(); }
 
   uint32_t chunk_count() const { return map_->chunk_count(); }

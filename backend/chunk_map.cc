@@ -92,6 +92,22 @@ struct Mapping {
   uint8_t* release() { return std::exchange(base, nullptr); }
 };
 
+// Set bits among the first `chunk_count` of the bitmap after the header
+// (padding bits of the last byte mean nothing). Atomic byte loads: other
+// threads and processes set bits concurrently.
+uint32_t set_bits_in(uint8_t* base, uint32_t chunk_count) {
+  uint32_t ready = 0;
+  const uint64_t full_bytes = chunk_count / 8;
+  for (uint64_t i = 0; i < full_bytes; ++i)
+    ready += std::popcount(std::atomic_ref<uint8_t>(base[kChunkMapHeaderSize + i]).load(std::memory_order_acquire));
+  if (chunk_count % 8 != 0) {
+    const uint8_t mask = static_cast<uint8_t>(0xFF00u >> (chunk_count % 8));
+    ready += std::popcount(static_cast<uint8_t>(
+        std::atomic_ref<uint8_t>(base[kChunkMapHeaderSize + full_bytes]).load(std::memory_order_acquire) & mask));
+  }
+  return ready;
+}
+
 }  // namespace
 
 std::string chunk_map_path(const std::string& work_dir, const std::string& blob_id) {
@@ -156,19 +172,7 @@ Result<std::unique_ptr<ChunkMap>> ChunkMap::open(const std::string& path, uint32
   if (version >= 1 && load_header_u32(base, kAllReadyOff) == kChunkMapAllReady) {
     not_ready = 0;
   } else if (!fresh) {
-    uint32_t ready = 0;
-    const uint64_t full_bytes = chunk_count / 8;
-    for (uint64_t i = 0; i < full_bytes; ++i)
-      ready += std::popcount(
-          std::atomic_ref<uint8_t>(base[kChunkMapHeaderSize + i]).load(std::memory_order_acquire));
-    if (chunk_count % 8 != 0) {
-      // Only the bits of real chunks: the padding bits mean nothing.
-      const uint8_t mask = static_cast<uint8_t>(0xFF00u >> (chunk_count % 8));
-      ready += std::popcount(static_cast<uint8_t>(
-          std::atomic_ref<uint8_t>(base[kChunkMapHeaderSize + full_bytes]).load(std::memory_order_acquire) &
-          mask));
-    }
-    not_ready = chunk_count - ready;
+    not_ready = chunk_count - set_bits_in(base, chunk_count);
     if (not_ready == 0 && version >= 1) {
       std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(base + kAllReadyOff))
           .store(to_le(kChunkMapAllReady), std::memory_order_release);
@@ -248,9 +252,18 @@ bool ChunkMap::all_ready() const {
   return not_ready_.load(std::memory_order_acquire) == 0 || header_all_ready();
 }
 
-uint32_t ChunkMap::ready_count() const {
+uint32_t ChunkMap::count_set_bits() const { return base_ ? set_bits_in(base_, count_) : 0; }
+
+uint32_t ChunkMap::ready_count() {
   if (all_ready()) return count_;
-  return count_ - not_ready_.load(std::memory_order_acquire);
+  const uint32_t not_ready_now = count_ - count_set_bits();
+  // Only ever lower the counter (set_ready() may lower it meanwhile); the
+  // caller that takes it to 0 writes the header, as in set_ready().
+  uint32_t cur = not_ready_.load(std::memory_order_acquire);
+  while (cur > not_ready_now && !not_ready_.compare_exchange_weak(cur, not_ready_now, std::memory_order_acq_rel)) {
+  }
+  if (cur > not_ready_now && not_ready_now == 0) mark_all_ready();
+  return count_ - std::min(cur, not_ready_now);
 }
 
 }  // namespace nydus::backend

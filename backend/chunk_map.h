@@ -89,15 +89,18 @@ class ChunkMap {
   // are in the data file. kInvalidInput when index >= chunk_count().
   Status set_ready(uint32_t index);
 
-  // True when every chunk is ready: this instance has seen (at open) or
-  // set every bit, or the header says all_ready. Bits another process sets
-  // after open are not counted, so this may stay false while
-  // is_ready(i) is true for every i (upstream has the same property).
+  // True when every chunk is ready: this instance has seen (at open, or in
+  // a ready_count()) or set every bit, or the header says all_ready. Bits
+  // another instance or process sets are noticed only by ready_count(), so
+  // until then this may stay false while is_ready(i) is true for every i.
   bool all_ready() const;
 
-  // Ready chunks as counted by this instance (bits set at open plus the
-  // bits it set itself); chunk_count() once all_ready().
-  uint32_t ready_count() const;
+  // Ready chunks: the set bits of the bitmap, counted now, so bits other
+  // instances on the same file (shared-mode mounts of one image, other
+  // processes) set are included. If that finds every bit set, all_ready()
+  // becomes true and the header is written as set_ready() would. Reads the
+  // whole bitmap (chunk_count() / 8 bytes): for metrics, not per request.
+  uint32_t ready_count();
 
   uint32_t chunk_count() const { return count_; }
   const std::string& path() const { return path_; }
@@ -109,8 +112,11 @@ class ChunkMap {
            uint32_t version, uint32_t not_ready);
 
   bool header_all_ready() const;
-  // Called once, by the thread whose set_ready() made the last chunk ready.
+  // Called once, by the thread whose set_ready() or ready_count() took the
+  // not-ready counter to 0.
   void mark_all_ready();
+  // Set bits of the bitmap, padding bits excluded.
+  uint32_t count_set_bits() const;
 
   const std::string path_;
   const UniqueFd fd_;

@@ -356,8 +356,10 @@ TEST_CASE("chunk_map: concurrent set_ready counts every bit exactly once", "[bac
   };
 
   run(0);
-  // Double counting would push this above the number of even indices.
+  // Double counting would push this above the number of even indices; the
+  // bits `other` set must be counted too (ready_count() reads the bitmap).
   CHECK(map->ready_count() == (kN + 1) / 2);
+  CHECK(other->ready_count() == (kN + 1) / 2);
   CHECK_FALSE(map->all_ready());
   for (uint32_t i = 0; i < kN; ++i) {
     CHECK(map->is_ready(i) == (i % 2 == 0));
@@ -733,4 +735,25 @@ TEST_CASE("blob.meta file: reproduces an upstream-written cache file byte for by
   TempDir dir;
   REQUIRE(nydus::backend::write_blob_meta_file(dir.path(), id, ci, header).ok());
   CHECK(read_all(nydus::backend::blob_meta_path(dir.path(), id)) == upstream);
+}
+
+TEST_CASE("chunk_map: bits another instance sets are counted, and completing them marks all_ready", "[backend][chunk_map]") {
+  // Two shared-mode mounts of one image: two ChunkMaps on one file, each
+  // caching some of the chunks.
+  TempDir dir;
+  const std::string path = dir / "map";
+  constexpr uint32_t kN = 100;
+  auto a = open_map(path, kN);
+  auto b = open_map(path, kN);
+  for (uint32_t i = 0; i < kN; ++i) REQUIRE((i % 3 == 0 ? a : b)->set_ready(i).ok());
+  // Neither instance set every bit itself.
+  CHECK_FALSE(a->all_ready());
+  CHECK_FALSE(b->all_ready());
+  CHECK(a->ready_count() == kN);
+  CHECK(a->all_ready());
+  CHECK(u32_at(read_all(path), 12) == 0x4D4D4150);  // the header says so for the next open
+  CHECK(b->all_ready());                            // b sees the header
+  CHECK(b->ready_count() == kN);
+  auto reopened = open_map(path, kN);
+  CHECK(reopened->all_ready());
 }
