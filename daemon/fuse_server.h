@@ -72,10 +72,12 @@ namespace nydus::daemon {
 struct FuseServerOptions {
   std::string mountpoint;  // canonical, existing directory
   unsigned max_threads = 4;
-  // One cloned /dev/fuse fd per worker (faster under load) or all workers
-  // on the session fd. Must be false when a supervisor may take the fd
-  // over after a crash (see above).
-  bool clone_fd = true;
+  // All workers on the session fd (our own loop; nydusd always) or one
+  // cloned /dev/fuse fd per worker (libfuse's loop; no measurable gain on
+  // this machine, see daemon/main.cc, and kept for the experiments that
+  // show why failover cannot use it). Must be false when a supervisor may
+  // take the fd over after a crash (see above).
+  bool clone_fd = false;
 };
 
 // --failover-policy (upstream FailoverPolicy): what happens to requests the

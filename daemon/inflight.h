@@ -11,9 +11,9 @@
 //
 // `unique` is the kernel's request id. libfuse does not hand it to the
 // handlers, so the worker loop that reads requests itself (FuseSession with
-// clone_fd = false, i.e. every daemon with a supervisor) records it from the
-// request header with note_unique() before dispatching; under libfuse's own
-// loop (clone_fd = true) it is reported as 0.
+// clone_fd = false, what nydusd always runs) records it from the request
+// header with note_unique() before dispatching; under libfuse's own loop
+// (clone_fd = true) it is reported as 0.
 //
 // Thread-safety: begin/end only touch the calling thread's slot (lock-free
 // stores); snapshot() may run on any thread at any time. A slot is

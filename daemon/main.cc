@@ -189,9 +189,13 @@ int run(const CommandLine& cl) {
   FuseServerOptions server_options;
   server_options.mountpoint = mountpoint;
   server_options.max_threads = cl.threads;
-  // A supervisor may take the connection over after a crash: every worker
-  // must then read the shared session fd (fuse_server.h).
-  server_options.clone_fd = cl.supervisor.empty();
+  // Every worker reads the shared session fd, never a cloned one: a
+  // supervisor may take the connection over after a crash, which cloned fds
+  // would defeat (fuse_server.h), and our own loop knows each request's
+  // unique id for /metrics/inflight. Measured against libfuse's clone-fd
+  // loop on the 100,000-file image (fio randread 4 KiB): 4 jobs/4 threads
+  // 95.1-96.2k vs 94.2-98.0k IOPS, 16/16 84.4-85.6k vs 86.3-88.0k.
+  server_options.clone_fd = false;
   auto policy = parse_failover_policy(cl.failover_policy);
   if (!policy.ok()) {
     LOG_ERROR("%s", policy.status().message().c_str());

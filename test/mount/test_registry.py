@@ -531,11 +531,8 @@ def test_inflight_lists_a_read_stuck_on_the_registry(image, tmp_path):
         with rh.FaultProxy(registry.url) as proxy:
             config = registry_config(tmp_path, f"127.0.0.1:{proxy.port}")
             sock = tmp_path / "api.sock"
-            # --supervisor: the workers read the session fd themselves, so
-            # the kernel's unique id is known.
             with mounted(image["bootstrap"], config=write(tmp_path, config),
-                         extra_args=["--apisock", str(sock), "--id", "inflight-test",
-                                     "--supervisor", str(tmp_path / "sup.sock")]) as d:
+                         extra_args=["--apisock", str(sock)]) as d:
                 assert call(sock, "GET", "/api/v1/metrics/inflight")[0] == 204
                 name = sorted(image["digests"])[0]
                 proxy.stall(2.0, times=1, path=BLOB_PATH, method="GET")
