@@ -433,3 +433,32 @@ def test_shared_mode_restart_policy_remounts_by_re_posting(tmp_path):
         if successor is not None:
             successor.stop()
         d.stop()
+
+
+def test_two_mounts_of_one_image_share_the_cache_and_both_see_it_complete(tmp_path):
+    """Two instances of one image share its blob cache files: what one
+    caches the other serves without fetching, and both report
+    data_all_ready once every chunk is in, whichever fetched it."""
+    d = SnapshotterLikeDaemon(tmp_path, None)
+    try:
+        d.wait_socket()
+        wait_state(d.sock, "RUNNING")
+        (tmp_path / "fresh-cache").mkdir()
+        for sid in ("a", "b"):
+            status, body, _ = post_mount(d, sid, V6_BOOT, V6_BLOBS, work_dir=tmp_path / "fresh-cache")
+            assert status == 204, body
+        status, cache, _ = call(d.sock, "GET", "/api/v1/metrics/blobcache?id=%2Fb")
+        assert cache["data_all_ready"] is False
+        # Each file is one chunk: each instance caches one, neither both.
+        assert sha256_file(d.mountpoint / "a" / "lib.rs") == LIB_RS_SHA256
+        assert sha256_file(d.mountpoint / "b" / "sync_io.rs") == SYNC_IO_SHA256
+        for sid in ("a", "b"):
+            status, cache, _ = call(d.sock, "GET", f"/api/v1/metrics/blobcache?id=%2F{sid}")
+            assert status == 200 and cache["data_all_ready"] is True, (sid, cache)
+        status, backend_b, _ = call(d.sock, "GET", "/api/v1/metrics/backend?id=%2Fb")
+        assert sha256_file(d.mountpoint / "b" / "lib.rs") == LIB_RS_SHA256  # cached by /a
+        status, backend_b_after, _ = call(d.sock, "GET", "/api/v1/metrics/backend?id=%2Fb")
+        assert backend_b_after["read_count"] == backend_b["read_count"]  # served from the shared cache
+        assert d.stop() == 0
+    finally:
+        d.stop()
