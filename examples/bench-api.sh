@@ -101,10 +101,12 @@ def drop_caches():
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3")
 
-def start():
+def start(image_args=("--config", cfg, "--bootstrap", boot), log="nydusd.log"):
+    """Execs nydusd (dedicated by default; shared without image_args) and
+    polls until RUNNING: the process and the seconds that took."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([nydusd, "fuse", "--config", cfg, "--bootstrap", boot, "--mountpoint", mnt,
-                             "--apisock", sock, "--log-level", "warn", "--log-file", f"{work}/nydusd.log"])
+    proc = subprocess.Popen([nydusd, "fuse", *image_args, "--mountpoint", mnt,
+                             "--apisock", sock, "--log-level", "warn", "--log-file", f"{work}/{log}"])
     while True:
         try:
             status, body = get("/api/v1/daemon")
@@ -207,28 +209,23 @@ def call(method, path, body=None):
     finally:
         c.close()
 
-t0 = time.perf_counter()
-shared = subprocess.Popen([nydusd, "fuse", "--mountpoint", mnt, "--apisock", sock, "--log-level", "warn",
-                           "--log-file", f"{work}/nydusd-shared.log"])
-while True:
-    try:
-        status, body = get("/api/v1/daemon")
-        if status == 200 and json.loads(body)["state"] == "RUNNING":
-            break
-    except OSError:
-        pass
-    time.sleep(0.001)
+shared, _ = start(image_args=(), log="nydusd-shared.log")
 empty_rss = rss_kib(shared.pid)
 with open(cfg) as f:
     config_text = f.read()
+def mount_and_read(name, source):
+    """POST one mount, read a file of it; the seconds the POST took."""
+    t0 = time.perf_counter()
+    status, body = call("POST", f"/api/v1/mount?mountpoint=%2F{name}", {"fs_type": "rafs", "source": source,
+                                                                       "config": config_text})
+    took = time.perf_counter() - t0
+    assert status == 204, body
+    read_one(f"{mnt}/{name}")
+    return took
+
 mount_times, rss_after = [], []
 for i in range(20):
-    t0 = time.perf_counter()
-    status, body = call("POST", f"/api/v1/mount?mountpoint=%2F{i}", {"fs_type": "rafs", "source": boot,
-                                                                    "config": config_text})
-    mount_times.append(time.perf_counter() - t0)
-    assert status == 204, body
-    read_one(f"{mnt}/{i}")
+    mount_times.append(mount_and_read(str(i), boot))
     rss_after.append(rss_kib(shared.pid))
 # The snapshotter gives every image its own bootstrap file: 20 copies (same
 # content, distinct files) cannot share the parsed metadata.
@@ -243,12 +240,7 @@ for i in range(20):
     if not os.path.exists(copy):
         with open(boot, "rb") as src, open(copy, "wb") as dst:
             dst.write(src.read())
-    t0 = time.perf_counter()
-    status, body = call("POST", f"/api/v1/mount?mountpoint=%2Fc{i}", {"fs_type": "rafs", "source": copy,
-                                                                     "config": config_text})
-    copy_times.append(time.perf_counter() - t0)
-    assert status == 204, body
-    read_one(f"{mnt}/c{i}")
+    copy_times.append(mount_and_read(f"c{i}", copy))
 copies_rss = rss_kib(shared.pid)
 stop(shared)
 mib = lambda kib: f"{kib / 1024:7.1f}"

@@ -101,6 +101,33 @@ def send_states(d, supervisor):
     assert supervisor.fd is not None and supervisor.state
 
 
+def crash_failover(d, supervisor, restart):
+    """§5 crash failover as the snapshotter runs it: SIGKILL `d`, the
+    supervisor listens, restart() execs the same argv (returns the new
+    SnapshotterLikeDaemon), which finds the mount and a dead socket and waits
+    in INIT; takeover, READY, start, RUNNING. Returns the successor and the
+    seconds from the kill to RUNNING."""
+    d.proc.kill()  # SIGKILL: no chance to clean up
+    d.proc.wait()
+    killed_at = time.monotonic()
+    sender = supervisor.send_in_background()
+    successor = restart()
+    try:
+        successor.wait_socket()
+        wait_state(successor.sock, "INIT")
+        status, body, _ = call(successor.sock, "PUT", "/api/v1/daemon/fuse/takeover")
+        assert status == 204, body
+        sender.join(5)
+        wait_state(successor.sock, "READY")
+        status, body, _ = call(successor.sock, "PUT", "/api/v1/daemon/start")
+        assert status == 204, body
+        wait_state(successor.sock, "RUNNING")
+    except BaseException:
+        successor.stop()
+        raise
+    return successor, time.monotonic() - killed_at
+
+
 class ReaderLoop:
     """Reads lib.rs (dropping its page cache first, so every read reaches the
     daemon) and statfs()es the mount until stopped; records every failure
@@ -153,22 +180,8 @@ def test_crash_failover_under_a_read_loop(tmp_path):
         before = os.stat(d.mountpoint)
         with ReaderLoop(d.mountpoint) as reader:
             time.sleep(0.3)
-            d.proc.kill()  # SIGKILL: no chance to clean up
-            d.proc.wait()
-            killed_at = time.monotonic()
-            # §5 crash failover: the supervisor listens, the same argv runs.
-            sender = supervisor.send_in_background()
-            successor = SnapshotterLikeDaemon(tmp_path, dedicated_config(tmp_path / "cache"))
-            successor.wait_socket()
-            wait_state(successor.sock, "INIT")
-            status, body, _ = call(successor.sock, "PUT", "/api/v1/daemon/fuse/takeover")
-            assert status == 204, body
-            sender.join(5)
-            wait_state(successor.sock, "READY")
-            status, body, _ = call(successor.sock, "PUT", "/api/v1/daemon/start")
-            assert status == 204, body
-            wait_state(successor.sock, "RUNNING")
-            switched = time.monotonic() - killed_at
+            successor, switched = crash_failover(
+                d, supervisor, lambda: SnapshotterLikeDaemon(tmp_path, dedicated_config(tmp_path / "cache")))
             time.sleep(0.5)
         assert reader.errors == [], reader.errors[:5]
         assert reader.reads > 10

@@ -563,7 +563,7 @@ def test_shared_mode_failover_keeps_credentials_renewed_through_the_api(image, t
     failover the restored instance still uses the renewed ones (the POSTed
     config text alone would give 401s)."""
     from test_api import SnapshotterLikeDaemon
-    from test_failover import Supervisor, send_states, wait_state
+    from test_failover import Supervisor, crash_failover, send_states, wait_state
     with rh.Registry(tls=True, auth="basic") as registry:
         rh.push_image(registry, REPO, image["bootstrap"], image["blobs"])
         config = registry_config(tmp_path / "R" / "cache", registry.host, "https",
@@ -586,16 +586,7 @@ def test_shared_mode_failover_keeps_credentials_renewed_through_the_api(image, t
             assert status == 204, body
             assert sha256_file(d.mountpoint / "42" / names[0]) == image["digests"][names[0]]
             send_states(d, supervisor)
-            d.proc.kill()
-            d.proc.wait()
-            sender = supervisor.send_in_background()
-            successor = SnapshotterLikeDaemon(tmp_path / "R", None)
-            successor.wait_socket()
-            wait_state(successor.sock, "INIT")
-            assert call(successor.sock, "PUT", "/api/v1/daemon/fuse/takeover")[0] == 204
-            sender.join(5)
-            assert call(successor.sock, "PUT", "/api/v1/daemon/start")[0] == 204
-            wait_state(successor.sock, "RUNNING")
+            successor, _ = crash_failover(d, supervisor, lambda: SnapshotterLikeDaemon(tmp_path / "R", None))
             # Files not read before: fetched by the successor, with the renewed credentials.
             for name in names[1:]:
                 assert sha256_file(d.mountpoint / "42" / name) == image["digests"][name], name

@@ -12,8 +12,8 @@ import threading
 import time
 
 from conftest import NYDUSD, fixture_path, mount_entry, mounted, sha256_file, walk_tree
-from test_api import LIB_RS_SHA256, V6_BLOBS, V6_BOOT, SnapshotterLikeDaemon, call
-from test_failover import Supervisor, send_states, wait_state
+from test_api import LIB_RS_SHA256, V6_BLOBS, V6_BOOT, SnapshotterLikeDaemon, call, dedicated_config
+from test_failover import Supervisor, crash_failover, send_states, wait_state
 
 V5_BOOT = fixture_path("repeatable/sha256-nocompress-repeatable")
 V5_BLOBS = fixture_path("repeatable/blobs")
@@ -22,13 +22,11 @@ SYNC_IO_SHA256 = "e629ab260ff0dc02a24648a3e0dd8c13a5daf233d535c330e3201925f5eeff
 
 def instance_config(sid, blob_dir, work_dir, prefetch=False):
     """The per-instance config of §4.3 (device.id "/<sid>"), localfs backend."""
-    return {"device": {"id": f"/{sid}",
-                       "backend": {"type": "localfs", "config": {"dir": str(blob_dir), "readahead": False}},
-                       "cache": {"type": "blobcache", "config": {"work_dir": str(work_dir),
-                                                                 "disable_indexed_map": False}}},
-            "mode": "direct", "digest_validate": False, "enable_xattr": True, "amplify_io": 1048576,
-            "iostats_files": True, "access_pattern": True, "latest_read_files": True,
-            "fs_prefetch": {"enable": prefetch, "prefetch_all": True, "threads_count": 2, "merging_size": 1048576}}
+    config = dedicated_config(work_dir)
+    config["device"]["id"] = f"/{sid}"
+    config["device"]["backend"]["config"]["dir"] = str(blob_dir)
+    config["fs_prefetch"].update(enable=prefetch, threads_count=2)
+    return config
 
 
 def post_mount(d, sid, bootstrap, blob_dir, prefetch_files=None, prefetch=False, work_dir=None):
@@ -265,20 +263,7 @@ def test_shared_mode_crash_failover_restores_every_mount(tmp_path):
         readers = InstanceReaders(d.mountpoint, ("43", "44"))
         readers.start()
         time.sleep(0.3)
-        d.proc.kill()
-        d.proc.wait()
-        killed_at = time.monotonic()
-        sender = supervisor.send_in_background()
-        successor = SnapshotterLikeDaemon(tmp_path, None)
-        successor.wait_socket()
-        wait_state(successor.sock, "INIT")
-        status, body, _ = call(successor.sock, "PUT", "/api/v1/daemon/fuse/takeover")
-        assert status == 204, body
-        sender.join(5)
-        wait_state(successor.sock, "READY")
-        assert call(successor.sock, "PUT", "/api/v1/daemon/start")[0] == 204
-        wait_state(successor.sock, "RUNNING")
-        switched = time.monotonic() - killed_at
+        successor, switched = crash_failover(d, supervisor, lambda: SnapshotterLikeDaemon(tmp_path, None))
         time.sleep(0.5)
         readers.stop()
         print(f"shared failover (3 mounts): new daemon RUNNING {switched * 1000:.0f} ms after the kill; "
