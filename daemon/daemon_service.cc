@@ -26,6 +26,17 @@ std::string format_mounted_time(std::chrono::system_clock::time_point t) {
   return out;
 }
 
+// An instance from a mount command's parts (API mount, failover restore):
+// the config text is parsed here.
+Result<std::shared_ptr<RafsInstance>> build_instance(const std::string& mountpoint, const std::string& source,
+                                                     const std::string& config_text,
+                                                     std::vector<std::string> prefetch_files,
+                                                     std::optional<std::string> auth_override) {
+  NYDUS_ASSIGN(RafsConfig config, parse_config(config_text));
+  return RafsInstance::create(RafsMountSpec{mountpoint, source, config_text, std::move(config),
+                                            std::move(prefetch_files), std::move(auth_override)});
+}
+
 }  // namespace
 
 DaemonService::DaemonService(BuildInfo build, std::optional<std::string> id, std::optional<std::string> supervisor,
@@ -96,10 +107,7 @@ Status DaemonService::restore(const DaemonSavedState& saved) {
     if (vfs_.find(m.mountpoint)) continue;
     if (m.fs_type != "rafs")
       return Status::unsupported("restore " + m.mountpoint + ": fs_type " + m.fs_type + " is not supported");
-    auto config = parse_config(m.config);
-    if (!config.ok()) return Status::invalid("restore " + m.mountpoint + ": " + config.status().message());
-    auto instance = RafsInstance::create(RafsMountSpec{m.mountpoint, m.source, m.config, std::move(config).value(),
-                                                       m.prefetch_files, m.registry_auth});
+    auto instance = build_instance(m.mountpoint, m.source, m.config, m.prefetch_files, m.registry_auth);
     if (!instance.ok()) return Status(instance.status().code(), "restore " + m.mountpoint + ": " + instance.status().message());
     NYDUS_TRY(attach(std::move(instance).value(), m.vfs_index == 0 ? std::nullopt : std::optional(m.vfs_index),
                      m.generation));
@@ -148,12 +156,8 @@ ControlStatus DaemonService::takeover() {
 Result<std::shared_ptr<RafsInstance>> DaemonService::build(const MountCommand& command) const {
   if (command.fs_type != FsType::kRafs)
     return Status::unsupported("fs_type passthrough_fs is not supported by this build");
-  auto config = parse_config(command.config);
-  if (!config.ok()) return config.status();
-  return RafsInstance::create(RafsMountSpec{command.mountpoint, command.source, command.config,
-                                            std::move(config).value(), command.prefetch_files.value_or(
-                                                std::vector<std::string>{}),
-                                            std::nullopt});
+  return build_instance(command.mountpoint, command.source, command.config,
+                        command.prefetch_files.value_or(std::vector<std::string>{}), std::nullopt);
 }
 
 ControlStatus DaemonService::mount(const MountCommand& command) {
