@@ -13,6 +13,10 @@ packages=(
   # may start the packaged service on :5000 (systemd, or sysv without a denying
   # policy-rc.d); harmless, the tests run their own registries on free ports.
   docker-registry apache2-utils python3-jwt python3-cryptography iproute2 openssl curl
+  # test/run_all.sh runs the mount tests on several workers
+  python3-pytest-xdist
+  # P2P tests: multi-daemon network namespaces, an HTTP origin, plots
+  dnsmasq-base nginx-light gnuplot-nox
 )
 
 missing=()
