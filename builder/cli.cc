@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -195,6 +197,7 @@ struct Args {
   unsigned threads = 0;
   // merge
   std::vector<std::string> sources;
+  std::optional<std::string> blob_digests;  // given at all, even as ""
   // check / inspect
   std::string bootstrap_pos;
   bool verbose = false;
@@ -247,6 +250,27 @@ int run_create(const Args& a) {
   return kExitOk;
 }
 
+// `--blob-digests`: comma-separated, each trimmed, "sha256:" optional (as
+// upstream's nydus-image parses it); hex is lowercased, the rest is checked
+// by merge_images().
+std::vector<std::string> parse_blob_digests(const std::string& csv) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = csv.find(',', start);
+    std::string item = csv.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const size_t first = item.find_first_not_of(" \t");
+    const size_t last = item.find_last_not_of(" \t");
+    item = first == std::string::npos ? std::string() : item.substr(first, last - first + 1);
+    if (item.starts_with("sha256:")) item.erase(0, 7);
+    for (char& c : item) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    out.push_back(std::move(item));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
 int run_merge(const Args& a) {
   if (a.bootstrap.empty()) return usage("--bootstrap is required");
   auto spec = parse_whiteout_spec(a.whiteout_spec);
@@ -256,6 +280,7 @@ int run_merge(const Args& a) {
   o.bootstrap_path = a.bootstrap;
   o.blob_dir = a.blob_dir;
   o.whiteout_spec = *spec;
+  if (a.blob_digests) o.blob_digests = parse_blob_digests(*a.blob_digests);
   if (a.prefetch_policy == "fs") o.prefetch_paths = read_prefetch_patterns(std::cin);
   auto result = merge_images(o);
   if (!result.ok()) return fail(result.status());
@@ -384,6 +409,8 @@ int run_nydus_image(int argc, char** argv) {
       ->check(CLI::IsMember({"oci", "overlayfs", "none"}, CLI::ignore_case));
   merge->add_option("--prefetch-policy", a.prefetch_policy, "none, or fs: absolute paths on stdin")
       ->check(CLI::IsMember({"none", "fs"}));
+  merge->add_option("--blob-digests", a.blob_digests,
+                    "Comma-separated sha256 digests ('sha256:' optional), one per SOURCE: the ids its blob gets");
   merge->add_option("-J,--output-json", a.output_json, "File to write the result to, as JSON");
   add_logging_flags(*merge, &a);
 

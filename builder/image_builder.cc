@@ -574,10 +574,25 @@ Result<BuildResult> merge_images(const MergeOptions& options) {
   if (options.bootstrap_path.empty()) return Status::invalid("merge: no output bootstrap");
   NYDUS_TRY(check_dir_writable(dir_of(options.bootstrap_path), "bootstrap directory"));
 
+  if (!options.blob_digests.empty() && options.blob_digests.size() != options.layers.size())
+    return Status::invalid("merge: " + std::to_string(options.blob_digests.size()) +
+                           " blob digests given for " + std::to_string(options.layers.size()) + " layers");
+  for (const std::string& d : options.blob_digests) {
+    if (d.size() != 64 || !std::all_of(d.begin(), d.end(), [](char c) {
+          return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+        }))
+      return Status::invalid("merge: blob digest '" + d + "' is not 64 lowercase hex digits");
+  }
+
   BuildOptions bo;
   bo.bootstrap_path = options.bootstrap_path;
   bo.prefetch_paths = options.prefetch_paths;
   std::vector<BlobInfo> blobs;
+  // Index in `blobs` of each blob id the layers' tables name (before any
+  // --blob-digests renaming), and the file name each entry of `blobs` has
+  // in blob_dir (its original id).
+  std::map<std::string, uint32_t> index_of;
+  std::vector<std::string> file_names;
   std::vector<std::unique_ptr<Tree>> trees;
   for (size_t i = 0; i < options.layers.size(); ++i) {
     const std::string& path = options.layers[i];
@@ -596,26 +611,53 @@ Result<BuildResult> merge_images(const MergeOptions& options) {
     // Like upstream, the superblock takes the last layer's algorithms.
     bo.compressor = s.compressor;
     bo.digester = s.digester;
+    // The layer's own blobs: those no lower layer referenced.
+    std::vector<const BlobInfo*> own;
+    for (const BlobInfo& b : image->blobs()) {
+      if (!index_of.contains(b.id) &&
+          std::none_of(own.begin(), own.end(), [&](const BlobInfo* o) { return o->id == b.id; }))
+        own.push_back(&b);
+    }
+    std::string renamed_from;  // the own blob that takes the layer's digest
+    if (!options.blob_digests.empty() && !own.empty()) {
+      if (own.size() > 1)
+        return Status::invalid("merge: layer " + path + " has " + std::to_string(own.size()) +
+                               " data blobs of its own; --blob-digests names one per layer");
+      renamed_from = own.front()->id;
+    }
     LoadOptions lo;
     lo.name = path;
     for (const BlobInfo& b : image->blobs()) {
-      auto it = std::find_if(blobs.begin(), blobs.end(), [&](const BlobInfo& x) { return x.id == b.id; });
-      if (it == blobs.end()) {
-        if (blobs.size() >= 254) return Status::invalid("merge: more than 254 blobs");
-        blobs.push_back(b);
-        blobs.back().index = static_cast<uint32_t>(blobs.size() - 1);
-        lo.blob_index_map.push_back(static_cast<uint32_t>(blobs.size() - 1));
-      } else {
-        lo.blob_index_map.push_back(static_cast<uint32_t>(it - blobs.begin()));
+      auto known = index_of.find(b.id);
+      if (known != index_of.end()) {
+        lo.blob_index_map.push_back(known->second);
+        continue;
       }
+      BlobInfo entry = b;
+      if (!renamed_from.empty() && b.id == renamed_from) entry.id = options.blob_digests[i];
+      // A renamed blob whose digest is already in the table is the same
+      // content: one entry serves both.
+      auto same = std::find_if(blobs.begin(), blobs.end(), [&](const BlobInfo& x) { return x.id == entry.id; });
+      uint32_t index;
+      if (same != blobs.end()) {
+        index = static_cast<uint32_t>(same - blobs.begin());
+      } else {
+        if (blobs.size() >= 254) return Status::invalid("merge: more than 254 blobs");
+        index = static_cast<uint32_t>(blobs.size());
+        entry.index = index;
+        blobs.push_back(std::move(entry));
+        file_names.push_back(b.id);
+      }
+      index_of.emplace(b.id, index);
+      lo.blob_index_map.push_back(index);
     }
     NYDUS_ASSIGN(std::unique_ptr<Tree> tree, load_bootstrap(*image, lo));
     trees.push_back(std::move(tree));
   }
   if (!options.blob_dir.empty()) {
-    for (const BlobInfo& b : blobs) {
-      if (!exists(options.blob_dir + "/" + b.id))
-        return Status::not_found("merge: blob " + b.id + " is not in " + options.blob_dir);
+    for (const std::string& name : file_names) {
+      if (!exists(options.blob_dir + "/" + name))
+        return Status::not_found("merge: blob " + name + " is not in " + options.blob_dir);
     }
   }
   NYDUS_ASSIGN(std::unique_ptr<Tree> merged, merge_layers(std::move(trees), options.whiteout_spec));

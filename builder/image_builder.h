@@ -143,6 +143,15 @@ struct MergeOptions {
   std::string blob_dir;             // if set, every referenced blob must be in it
   WhiteoutSpec whiteout_spec = WhiteoutSpec::kOci;
   std::vector<std::string> prefetch_paths;
+  // `--blob-digests`: one sha256 (64 hex digits, "sha256:" already
+  // stripped) per layer, or empty. Each layer's own data blob (the one blob
+  // of its table that no lower layer references) gets that digest as its id
+  // in the merged blob table, as upstream's merge does, so that an image
+  // whose blob is pushed to a registry under sha256(blob file) can name it
+  // by that digest. A layer without a blob of its own ignores its digest;
+  // a layer with more than one is refused. Blob files keep their names
+  // (`blob_dir` is checked for the original ids).
+  std::vector<std::string> blob_digests;
   std::function<void(const BuildProgress&)> progress;
 };
 

@@ -671,6 +671,177 @@ def test_merge_refuses_inconsistent_layers(workdir):
 
 
 # ---------------------------------------------------------------------------
+# merge --blob-digests: the blob named by the sha256 of its file, as a
+# registry stores it.
+
+def blob_table(boot):
+    return json.loads(nydus_image("inspect", boot, "--request", "blobs").stdout)
+
+
+def digest_source(root, files=40, seed=11):
+    """Files of 1 KiB to 3 MiB, half random, half compressible; returns {name: sha256}."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    out = {}
+    for i in range(files):
+        size = rng.choice([1024, 70_000, 900_000, 1_300_000, 3_100_000])
+        data = rng.randbytes(size // 2) + bytes((i + k) % 13 + 97 for k in range(size - size // 2))
+        (root / f"f{i:02d}.bin").write_bytes(data)
+        out[f"f{i:02d}.bin"] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def test_merge_blob_digests_renames_blob_ids_only(workdir):
+    """One layer: the merged bootstrap names its blob by the digest given
+    (with or without `sha256:`, any case); every other blob field is the
+    layer's, the blob file keeps its name, and `check` accepts the blob under
+    its new name (its id now is the sha256 of the file)."""
+    digest_source(workdir / "src", files=8)
+    boot, blobs, out = build(workdir / "src", workdir / "out", "--compressor", "zstd")
+    [old_id] = out["blobs"]
+    blob = blobs / old_id
+    sha = hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert sha != old_id  # why the flag exists: the builder's id is not the file's sha256
+    merged = workdir / "merged.boot"
+    nydus_image("merge", "--bootstrap", merged, "--blob-digests", f"sha256:{sha}", boot)
+    [before], [after] = blob_table(boot), blob_table(merged)
+    assert after["id"] == sha
+    assert {k: v for k, v in after.items() if k != "id"} == {k: v for k, v in before.items() if k != "id"}
+    assert sorted(os.listdir(blobs)) == [old_id]
+    # "sha256:" is optional and hex case does not matter: the same bootstrap.
+    again = workdir / "again.boot"
+    nydus_image("merge", "--bootstrap", again, "--blob-digests", f" {sha.upper()} ", boot)
+    assert again.read_bytes() == merged.read_bytes()
+    renamed = workdir / "renamed"
+    renamed.mkdir()
+    os.symlink(blob, renamed / sha)
+    nydus_image("check", merged, "--blob-dir", renamed)
+    # --blob-dir is checked for the blob files as they are named.
+    nydus_image("merge", "--bootstrap", workdir / "m2.boot", "--blob-dir", blobs, "--blob-digests", sha, boot)
+
+
+@pytest.mark.parametrize("digests,message", [
+    ("{sha},{sha}", b"2 blob digests given for 1 layers"),
+    ("sha256:1234", b"not 64 lowercase hex digits"),
+    ("{sha}0", b"not 64 lowercase hex digits"),
+    ("sha256:" + "g" * 64, b"not 64 lowercase hex digits"),
+    ("", None),
+])
+def test_merge_blob_digests_refuses_bad_lists(workdir, digests, message):
+    digest_source(workdir / "src", files=2)
+    boot, blobs, out = build(workdir / "src", workdir / "out")
+    sha = "ab" * 32
+    merged = workdir / "merged.boot"
+    proc = nydus_image("merge", "--bootstrap", merged, "--blob-digests", digests.format(sha=sha), boot, ok=False)
+    if message is None:  # an empty list: one empty digest
+        assert proc.returncode == 1 and b"not 64 lowercase hex digits" in proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert proc.stderr.count(b"\n") == 1 and not merged.exists()
+
+
+def test_merge_blob_digests_with_two_layers(workdir):
+    """Two tar layers, each with its blob: each blob takes its layer's
+    digest, whiteouts still apply, and the image mounts from blobs named by
+    their sha256 (digest_validate on: the blob.digest array is found through
+    the ToC whatever the blob is called)."""
+    make_tar(workdir / "lower.tar", LOWER)
+    make_tar(workdir / "upper.tar", UPPER)
+    boot1, blobs, out1 = build(workdir / "lower.tar", workdir / "out", "--type", "tar-rafs", name="lower.boot")
+    boot2, _, out2 = build(workdir / "upper.tar", workdir / "out", "--type", "tar-rafs", name="upper.boot")
+    ids = out1["blobs"] + out2["blobs"]
+    shas = [hashlib.sha256((blobs / i).read_bytes()).hexdigest() for i in ids]
+    by_sha = workdir / "by-sha"
+    by_sha.mkdir()
+    for i, sha in zip(ids, shas):
+        os.symlink(blobs / i, by_sha / sha)
+    merged = workdir / "merged.boot"
+    nydus_image("merge", "--bootstrap", merged, "--blob-digests", ",".join(shas), boot1, boot2)
+    assert [b["id"] for b in blob_table(merged)] == shas
+    nydus_image("check", merged, "--blob-dir", by_sha)
+    with mounted(merged, config=mount_config(workdir, by_sha)) as d:
+        check_merged(d.mountpoint)
+
+
+def test_merge_blob_digests_with_a_parent_layer(workdir):
+    """A layer built on a parent names the parent's blob too (its table: the
+    parent's blob, then its own) and takes chunks from it (dedup): its digest
+    goes to its own blob only, and its chunks in the parent's blob follow
+    the parent layer's digest."""
+    lower = [("a", "dir", None), ("a/kept", "file", b"kept\n"), ("shared.bin", "file", SHARED)]
+    upper = [("a", "dir", None), ("a/added", "file", b"added\n"), ("copy.bin", "file", SHARED),
+             ("new.bin", "file", NEW)]
+    write_layer_dir(workdir / "lower", lower)
+    write_layer_dir(workdir / "upper", upper)
+    args = ["--chunk-size", "0x10000"]
+    boot1, blobs, out1 = build(workdir / "lower", workdir / "out", *args, name="lower.boot")
+    boot2, _, out2 = build(workdir / "upper", workdir / "out", *args, "--parent-bootstrap", boot1,
+                           name="upper.boot")
+    assert out2["blobs"][0] == out1["blobs"][0] and len(out2["blobs"]) == 2
+    assert out2["stats"]["chunks_from_parent"] > 0
+    ids = [out1["blobs"][0], out2["blobs"][1]]
+    shas = [hashlib.sha256((blobs / i).read_bytes()).hexdigest() for i in ids]
+    by_sha = workdir / "by-sha"
+    by_sha.mkdir()
+    for i, sha in zip(ids, shas):
+        os.symlink(blobs / i, by_sha / sha)
+    merged = workdir / "merged.boot"
+    nydus_image("merge", "--bootstrap", merged, "--blob-digests", ",".join(shas), boot1, boot2)
+    assert [b["id"] for b in blob_table(merged)] == shas
+    nydus_image("check", merged, "--blob-dir", by_sha)
+    with mounted(merged, config=mount_config(workdir, by_sha)) as d:
+        for name, kind, data in lower + upper:
+            if kind == "file":
+                assert (d.mountpoint / name).read_bytes() == data, name
+    # Alone, the upper layer has two blobs no lower layer names: one digest cannot name both.
+    proc = nydus_image("merge", "--bootstrap", workdir / "bad.boot", "--blob-digests", shas[1], boot2, ok=False)
+    assert proc.returncode == 1 and b"2 data blobs of its own" in proc.stderr, proc.stderr
+    assert not (workdir / "bad.boot").exists()
+
+
+def test_merged_image_with_sha256_blob_id_mounts_from_registry(workdir):
+    """The point of --blob-digests: build, take the sha256 of the blob file,
+    merge with it, push the blob through the registry's API (which only takes
+    content under its sha256) and mount from the registry. Every file reads
+    back byte-exact, with digest_validate off and on; the blob cache files are
+    named by the new id and nothing by the old one; a restarted daemon reads
+    from that cache with no blob request."""
+    import registry_harness as rh
+    rh.require_registry_tools()
+    want = digest_source(workdir / "src")
+    boot, blobs, out = build(workdir / "src", workdir / "out", "--compressor", "zstd", "--chunk-size", "0x100000")
+    [old_id] = out["blobs"]
+    sha = hashlib.sha256((blobs / old_id).read_bytes()).hexdigest()
+    merged = workdir / "merged.boot"
+    nydus_image("merge", "--bootstrap", merged, "--blob-digests", f"sha256:{sha}", boot)
+    repo = "library/blob-digests"
+    with rh.Registry() as registry:
+        assert rh.push_blob(registry, repo, blobs / old_id) == sha
+        for validate in (False, True):
+            cache = workdir / f"cache-{validate}"
+            cache.mkdir()
+            config = {"device": {"backend": {"type": "registry", "config": {
+                          "scheme": "http", "host": registry.host, "repo": repo, "timeout": 5,
+                          "connect_timeout": 2, "retry_limit": 1}},
+                          "cache": {"type": "blobcache", "config": {"work_dir": str(cache)}}},
+                      "mode": "direct", "digest_validate": validate, "enable_xattr": False}
+            (cache / "nydusd.json").write_text(json.dumps(config))
+            mark = registry.mark()
+            with mounted(merged, config=cache / "nydusd.json") as d:
+                got = {name: hashlib.sha256((d.mountpoint / name).read_bytes()).hexdigest() for name in want}
+                assert got == want
+            assert registry.blob_gets(sha, since=mark) > 0
+            assert registry.blob_gets(old_id, since=mark) == 0
+            names = sorted(p.name for p in cache.iterdir())
+            assert f"{sha}.blob.data" in names and f"{sha}.blob.data.chunk_map" in names, names
+            assert not any(old_id in n for n in names), names
+        mark = registry.mark()
+        with mounted(merged, config=cache / "nydusd.json") as d:
+            assert {n: hashlib.sha256((d.mountpoint / n).read_bytes()).hexdigest() for n in want} == want
+        assert registry.blob_gets(since=mark) == 0
+
+
+# ---------------------------------------------------------------------------
 # Failures leave nothing behind; usage errors exit 2.
 
 def leftovers(*dirs):
