@@ -1,21 +1,42 @@
 #!/usr/bin/env bash
-# Runs every test suite: installs missing Debian packages, builds, then
-#   1. Catch2 unit tests (meson test --suite unit)
-#   2. mount tests (pytest, real FUSE mounts; needs root and /dev/fuse)
-#   3. both again on an ASan+UBSan build
-#   4. libFuzzer targets for FUZZ_SECONDS each (default 60)
-# and prints one closing line "total: N passed, N failed".
+# Runs every test suite: installs missing Debian packages, then
+#   1. release build (gcc, -O2): Catch2 unit tests, mount tests (pytest, real
+#      FUSE mounts; needs root and /dev/fuse)
+#   2. ASan+UBSan build (clang, -O1, libFuzzer coverage instrumentation; built
+#      in the background during 1): the unit tests and the mount tests again,
+#      except those marked `once`
+#      (test/mount/conftest.py: they run no daemon or builder code, or only
+#      time it), then every libFuzzer target for FUZZ_SECONDS (default 45),
+#      FUZZ_JOBS (default 2) at a time, from the same build
+# prints each stage's wall time, and one closing line "total: N passed, N failed".
+# Environment: FUZZ_SECONDS, FUZZ_JOBS; MOUNT_WORKERS (pytest-xdist workers
+# for the release mount tests, default 2; 0 = no xdist).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NYDUS_FIXTURES=${NYDUS_FIXTURES:-$(cd .. && pwd)/shared/fixtures/nydus}
-FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${FUZZ_SECONDS:-45}
+export FUZZ_JOBS=${FUZZ_JOBS:-2}
+MOUNT_WORKERS=${MOUNT_WORKERS:-2}
 # Debian's python3 (with python3-pytest), not whatever python3 comes first in PATH.
 PYTHON=${PYTHON:-/usr/bin/python3}
 
-test/install-deps.sh || exit 1
-
 passed=0
 failed=0
+stage_times=()
+# Runs one stage, prints and records its wall time.
+stage() {  # name, command...
+  local name=$1; shift
+  echo "=== $name"
+  local start=$SECONDS rc=0
+  "$@" || rc=$?
+  local took=$((SECONDS - start))
+  stage_times+=("$(printf '%-28s %4d s%s' "$name" "$took" "$( ((rc)) && echo "  (failed)")")")
+  echo "--- $name: ${took} s"
+  return $rc
+}
+
+stage "install deps" test/install-deps.sh || exit 1
+
 count_meson() {  # build dir
   local log=$1/meson-logs/testlog.json
   local ok fail
@@ -40,30 +61,75 @@ PY
   passed=$((passed + tests - failures - errors - skipped)); failed=$((failed + failures + errors))
 }
 
-run_suites() {  # build dir, label, extra meson setup args...
-  local build=$1 label=$2; shift 2
-  echo "=== [$label] build ($build)"
-  if [[ ! -f $build/build.ninja ]]; then
-    meson setup "$build" "$@" >/dev/null || { failed=$((failed + 1)); return; }
+build() {  # build dir, meson setup args...
+  local dir=$1; shift
+  if [[ ! -f $dir/build.ninja ]]; then
+    meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { tail -40 "$dir.setup.log"; return 1; }
   fi
-  if ! ninja -C "$build" >"$build.ninja.log" 2>&1; then
-    tail -40 "$build.ninja.log"; failed=$((failed + 1)); return
-  fi
-  echo "=== [$label] unit tests"
-  meson test -C "$build" --suite unit --print-errorlogs --num-processes 2
-  count_meson "$build"
-  echo "=== [$label] mount tests"
-  NYDUSD="$PWD/$build/daemon/nydusd" NYDUS_IMAGE="$PWD/$build/builder/nydus-image" "$PYTHON" -m pytest -q -p no:cacheprovider test/mount \
-    --junitxml="$build/pytest.xml"
-  count_pytest "$build/pytest.xml"
+  ninja -C "$dir" >"$dir.ninja.log" 2>&1 || { tail -40 "$dir.ninja.log"; return 1; }
+}
+unit_tests() {  # build dir
+  meson test -C "$1" --suite unit --print-errorlogs --num-processes 2
+  count_meson "$1"
+}
+mount_tests() {  # build dir, pytest args...
+  local dir=$1; shift
+  rm -f "$dir/pytest.xml"
+  NYDUSD="$PWD/$dir/daemon/nydusd" NYDUS_IMAGE="$PWD/$dir/builder/nydus-image" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider --durations=15 --junitxml="$dir/pytest.xml" "$@" test/mount
+  local rc=$?
+  count_pytest "$dir/pytest.xml"
+  return $rc
 }
 
-run_suites build release
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  run_suites build-asan asan+ubsan -Db_sanitize=address,undefined -Db_lundef=false
+# 1. Release: gcc -O2 without debug info (what the demo and users run; debug
+# info only slows the build here).
+# 2. ASan+UBSan with clang: one build for the unit tests, the mount tests
+# and the fuzz targets (-fsanitize=fuzzer-no-link instruments every library
+# for libFuzzer's coverage; the daemon runs as usual). -O1 -g1: sanitizer
+# reports with file:line, at a fraction of -O2 -g's compile time. It is
+# built at nice 19 while the release tests run (they mostly wait on mounts,
+# daemons and sockets), so it takes the CPU time they leave.
+sanitize=(-Db_sanitize=address,undefined -Db_lundef=false -Dfuzz=true -Doptimization=1 -Ddebug=false
+          "-Dcpp_args=-g1 -fsanitize=fuzzer-no-link" "-Dc_args=-g1 -fsanitize=fuzzer-no-link")
+xdist=()
+if ((MOUNT_WORKERS > 0)) && "$PYTHON" -c 'import xdist' 2>/dev/null; then
+  xdist=(-n "$MOUNT_WORKERS")
+fi
+asan_pid=
+if stage "release: build" build build -Ddebug=false; then
+  asan_start=$SECONDS
+  (renice -n 19 -p $BASHPID >/dev/null; CC=clang CXX=clang++ build build-asan "${sanitize[@]}") &
+  asan_pid=$!
+  echo "(asan+ubsan build started in the background, nice 19)"
+  stage "release: unit tests" unit_tests build
+  stage "release: mount tests" mount_tests build "${xdist[@]}"
+else
+  failed=$((failed + 1))
+fi
 
-echo "=== fuzz (${FUZZ_SECONDS}s per target)"
-if test/run_fuzz.sh "$FUZZ_SECONDS"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+if [[ -n $asan_pid ]]; then
+  stage "asan+ubsan: build (rest)" wait "$asan_pid"
+  asan_ok=$?
+  echo "(asan+ubsan build took $((SECONDS - asan_start)) s from its start)"
+else
+  CC=clang CXX=clang++ stage "asan+ubsan: build" build build-asan "${sanitize[@]}"
+  asan_ok=$?
+fi
+if ((asan_ok == 0)); then
+  stage "asan+ubsan: unit tests" unit_tests build-asan
+  stage "asan+ubsan: mount tests" mount_tests build-asan -m "not once"
+  if FUZZ_BUILD=build-asan stage "fuzz (${FUZZ_SECONDS}s per target)" test/run_fuzz.sh "$FUZZ_SECONDS"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+  fi
+else
+  failed=$((failed + 1))
+fi
 
+echo "=== stage times"
+printf '  %s\n' "${stage_times[@]}"
 echo "total: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -2,23 +2,34 @@
 # Builds the libFuzzer targets with clang (+ASan/UBSan) and runs each for a
 # bounded time, seeded with the upstream fixtures. Usage:
 #   test/run_fuzz.sh [seconds-per-target]   (default 60)
+# Environment:
+#   FUZZ_BUILD  build directory (default build-fuzz; set up here if missing).
+#               test/run_all.sh passes its clang ASan+UBSan build, which has
+#               the fuzz targets too.
+#   FUZZ_JOBS   targets run at the same time (default 2)
+# Every target the build defines (test/meson.build's fuzz_targets) is run.
 # Exit status is non-zero if any target finds a crash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
+jobs=${FUZZ_JOBS:-2}
 fixtures=${NYDUS_FIXTURES:-$(cd .. && pwd)/shared/fixtures/nydus}
-build=build-fuzz
+build=${FUZZ_BUILD:-build-fuzz}
 
 if [[ ! -f $build/build.ninja ]]; then
   CC=clang CXX=clang++ meson setup "$build" -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
     -Dcpp_args=-fsanitize=fuzzer-no-link -Dc_args=-fsanitize=fuzzer-no-link >/dev/null
 fi
-ninja -C "$build" test/fuzz_bootstrap test/fuzz_blob_meta test/fuzz_config test/fuzz_www_authenticate \
-  test/fuzz_chunk_map test/fuzz_saved_state >/dev/null
+mapfile -t targets < <(ninja -C "$build" -t targets all | sed -n 's,^test/\(fuzz_[a-z0-9_]*\): .*LINKER.*,\1,p' | sort -u)
+if ((${#targets[@]} == 0)); then
+  echo "no fuzz targets in $build (configure it with -Dfuzz=true and clang)"; exit 1
+fi
+ninja -C "$build" "${targets[@]/#/test/}" >/dev/null
 
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
-mkdir -p "$corpus"/{bootstrap,blob_meta,config,www_authenticate,chunk_map,saved_state}
+for target in "${targets[@]}"; do mkdir -p "$corpus/${target#fuzz_}"; done
+mkdir -p "$corpus"/{bootstrap,blob_meta,config,www_authenticate,chunk_map}
 cp "$fixtures"/bootstrap/rafs-v6-2.2.boot "$fixtures"/repeatable/sha256-nocompress-repeatable "$corpus/bootstrap/"
 cp "$fixtures"/blobs/* "$fixtures"/zran/*.blob.meta "$fixtures"/toc/* "$corpus/blob_meta/"
 cp examples/*.json "$corpus/config/" 2>/dev/null || true
@@ -31,14 +42,29 @@ printf 'Basic realm="harbor"' >"$corpus/www_authenticate/basic"
   >"$corpus/chunk_map/seventeen"
 printf 'version = 2\n[backend]\ntype = "localfs"\n[backend.localfs]\ndir = "/x"\n' >"$corpus/config/v2.toml"
 
-status=0
-for target in bootstrap blob_meta config www_authenticate chunk_map saved_state; do
-  echo "fuzz_$target: ${seconds}s"
-  if ! UBSAN_OPTIONS=halt_on_error=1 "$build/test/fuzz_$target" -max_total_time="$seconds" -rss_limit_mb=4096 \
-      -max_len=262144 -print_final_stats=0 "$corpus/$target" >"$corpus/$target.log" 2>&1; then
-    echo "fuzz_$target FAILED:"; tail -50 "$corpus/$target.log"; status=1
+echo "${#targets[@]} targets, ${seconds}s each, $jobs at a time: ${targets[*]}"
+run_one() {  # target
+  local name=${1#fuzz_}
+  if UBSAN_OPTIONS=halt_on_error=1 "$build/test/$1" -max_total_time="$seconds" -rss_limit_mb=4096 \
+      -max_len=262144 -print_final_stats=0 "$corpus/$name" >"$corpus/$name.log" 2>&1; then
+    echo "$1: ok, $(grep -E "^#[0-9]+.*(DONE|pulse)" "$corpus/$name.log" | tail -1 || true)"
   else
-    grep -E "^#[0-9]+.*(DONE|pulse)" "$corpus/$target.log" | tail -1 || true
+    echo "$1 FAILED:"; tail -50 "$corpus/$name.log"; return 1
   fi
+}
+
+status=0
+running=0
+for target in "${targets[@]}"; do
+  if ((running >= jobs)); then
+    wait -n || status=1
+    running=$((running - 1))
+  fi
+  run_one "$target" &
+  running=$((running + 1))
+done
+while ((running > 0)); do
+  wait -n || status=1
+  running=$((running - 1))
 done
 exit $status

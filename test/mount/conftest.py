@@ -47,6 +47,13 @@ def mount_entry(mountpoint):
 _LOG_DIRS = []
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "once: run on one build only (test/run_all.sh: the release build, not again under ASan+UBSan): "
+        "the test runs no daemon or builder code, or only measures its timing")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_log_dirs():
     yield
