@@ -29,6 +29,15 @@ class BlobReader {
   // Size of the blob in bytes.
   virtual Result<uint64_t> size() = 0;
 
+  // The bytes [offset, offset + length) this reader returned failed
+  // verification (the chunk reader found a wrong digest or undecodable
+  // data). Readers that relay or keep untrusted bytes (peers, the piece
+  // store) drop them and demote their source; the others ignore it.
+  virtual void report_bad(uint64_t offset, uint64_t length) {
+    (void)offset;
+    (void)length;
+  }
+
   // Reads exactly dst.size() bytes, looping over short reads. Reaching the
   // end of the blob first is a kIo error naming the offset.
   Status read_exact(uint64_t offset, std::span<uint8_t> dst);

@@ -493,8 +493,8 @@ Status ChunkReader::read_from_cache(BlobCacheFile& cache, const ChunkRef& in, st
   return verify(chunk, dst);
 }
 
-Status ChunkReader::decode_and_verify(const ChunkRef& chunk, std::span<const uint8_t> raw,
-                                      std::span<uint8_t> out, bool from_network) {
+Status ChunkReader::decode_checked(const ChunkRef& chunk, std::span<const uint8_t> raw,
+                                   std::span<uint8_t> out, bool from_network) {
   const BlobInfo& blob = blobs_[chunk.blob_index];
   const std::string where = chunk_name(blob, chunk.chunk_index);
   if (!chunk.compressed) {
@@ -508,6 +508,18 @@ Status ChunkReader::decode_and_verify(const ChunkRef& chunk, std::span<const uin
   }
   if (!verify_wanted(from_network)) return Status::Ok();
   return verify(chunk, out);
+}
+
+Status ChunkReader::decode_and_verify(const ChunkRef& chunk, std::span<const uint8_t> raw,
+                                      std::span<uint8_t> out, bool from_network) {
+  Status s = decode_checked(chunk, raw, out, from_network);
+  if (!s.ok() && s.code() == Code::kCorrupt && from_network) {
+    // Tell the reader which bytes were wrong, so that a relaying backend
+    // (P2P) drops them and does not ask their source again.
+    if (auto reader = reader_for(chunk.blob_index); reader.ok())
+      (*reader)->report_bad(chunk.compressed_offset, chunk.compressed_size);
+  }
+  return s;
 }
 
 Status ChunkReader::fetch_single(const ChunkRef& chunk, std::span<uint8_t> out) {

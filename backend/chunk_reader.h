@@ -158,6 +158,9 @@ class ChunkReader {
   // Raw bytes -> uncompressed, verified chunk in `out`.
   Status decode_and_verify(const bootstrap::ChunkRef& chunk, std::span<const uint8_t> raw,
                            std::span<uint8_t> out, bool from_network);
+  // decode_and_verify without telling the reader about corrupt bytes.
+  Status decode_checked(const bootstrap::ChunkRef& chunk, std::span<const uint8_t> raw,
+                        std::span<uint8_t> out, bool from_network);
   Status fetch_single(const bootstrap::ChunkRef& chunk, std::span<uint8_t> out);
   // Claims the flight for `key`: (flight, true) when this thread leads it.
   std::pair<std::shared_ptr<Flight>, bool> claim(uint64_t key);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cctype>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -27,12 +28,17 @@ void global_init_once() {
 // busy; more than this many idle handles only cost memory.
 constexpr size_t kMaxIdleHandles = 64;
 
+using Clock = std::chrono::steady_clock;
+
 struct Transfer {
   const HttpRequest* request;
   HttpResponse* response;
   CURL* handle;
   uint64_t to_skip = 0;
   bool status_known = false;
+  bool headers_done = false;       // the blank line after the headers arrived
+  bool consumer_refused = false;   // on_data returned false
+  Clock::time_point last_progress{};  // last header or body byte
 };
 
 std::string lower(std::string s) {
@@ -45,6 +51,11 @@ size_t on_header(char* data, size_t size, size_t count, void* user) {
   const size_t n = size * count;
   std::string line(data, n);
   while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.pop_back();
+  t->last_progress = Clock::now();
+  if (line.empty()) {
+    t->headers_done = true;
+    return n;
+  }
   if (line.rfind("HTTP/", 0) == 0) {
     // A new response (after a 100 Continue or through a proxy's CONNECT):
     // headers of the earlier one do not apply.
@@ -68,6 +79,15 @@ size_t on_body(char* data, size_t size, size_t count, void* user) {
     curl_easy_getinfo(t->handle, CURLINFO_RESPONSE_CODE, &r.status);
     t->status_known = true;
     if (r.status == 200 && !t->request->sink.empty()) t->to_skip = t->request->skip_on_200;
+  }
+  t->last_progress = Clock::now();
+  if (t->request->on_data && r.status >= 200 && r.status < 300) {
+    r.sink_bytes += n;
+    if (!t->request->on_data(r.status, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), n))) {
+      t->consumer_refused = true;
+      return 0;  // aborts the transfer
+    }
+    return n;
   }
   const bool to_sink = !t->request->sink.empty() && r.status >= 200 && r.status < 300;
   const char* p = data;
@@ -180,6 +200,57 @@ HttpClient::~HttpClient() {
   curl_share_cleanup(shared_->share);
 }
 
+namespace {
+
+// Our own code for "a first-byte or stall deadline passed" (outside curl's
+// range of codes).
+constexpr CURLcode kDeadlineMissed = static_cast<CURLcode>(10000);
+
+// curl_easy_perform's loop, run by hand on a private multi handle so that
+// the header and stall deadlines are checked every few milliseconds (curl's
+// progress callback may be called only once a second while idle). The
+// handle keeps using the client's share, so connections are still reused.
+CURLcode perform_with_deadlines(CURL* h, Transfer& t) {
+  constexpr int kPollMs = 5;
+  CURLM* multi = curl_multi_init();
+  if (!multi) return CURLE_OUT_OF_MEMORY;
+  curl_multi_add_handle(multi, h);
+  const Clock::time_point start = Clock::now();
+  t.last_progress = start;
+  CURLcode result = CURLE_OK;
+  for (;;) {
+    int running = 0;
+    CURLMcode mc = curl_multi_perform(multi, &running);
+    if (mc != CURLM_OK) {
+      result = CURLE_RECV_ERROR;
+      break;
+    }
+    if (running == 0) {
+      int left = 0;
+      result = CURLE_RECV_ERROR;
+      while (CURLMsg* msg = curl_multi_info_read(multi, &left))
+        if (msg->msg == CURLMSG_DONE) result = msg->data.result;
+      break;
+    }
+    const Clock::time_point now = Clock::now();
+    if (!t.headers_done && t.request->first_byte_timeout.count() > 0 &&
+        now - start > t.request->first_byte_timeout) {
+      result = kDeadlineMissed;
+      break;
+    }
+    if (t.headers_done && t.request->stall_timeout.count() > 0 && now - t.last_progress > t.request->stall_timeout) {
+      result = kDeadlineMissed;
+      break;
+    }
+    curl_multi_poll(multi, nullptr, 0, kPollMs, nullptr);
+  }
+  curl_multi_remove_handle(multi, h);
+  curl_multi_cleanup(multi);
+  return result;
+}
+
+}  // namespace
+
 Result<HttpResponse> HttpClient::perform(const HttpRequest& request) {
   CURL* h = shared_->take();
   if (!h) return Status::io("cannot create a curl handle for " + request.url);
@@ -238,7 +309,8 @@ Result<HttpResponse> HttpClient::perform(const HttpRequest& request) {
   headers = curl_slist_append(headers, "Expect:");
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
 
-  CURLcode rc = curl_easy_perform(h);
+  const bool deadlines = request.first_byte_timeout.count() > 0 || request.stall_timeout.count() > 0;
+  CURLcode rc = deadlines ? perform_with_deadlines(h, transfer) : curl_easy_perform(h);
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &response.status);
   curl_slist_free_all(headers);
   // Aborted by on_body after the sink filled: the range is complete.
@@ -248,8 +320,16 @@ Result<HttpResponse> HttpClient::perform(const HttpRequest& request) {
   // connection in an unknown state.
   if (rc == CURLE_OK) shared_->give_back(h);
   else curl_easy_cleanup(h);
+  if (transfer.consumer_refused) return Status::io(request.method + " " + request.url + ": body refused by its consumer");
   if (rc != CURLE_OK) {
     std::string reason = error[0] ? error : curl_easy_strerror(rc);
+    if (rc == kDeadlineMissed) {
+      return Status::timeout(request.method + " " + request.url + ": " +
+                             (transfer.headers_done ? "body stalled for more than " +
+                                                          std::to_string(request.stall_timeout.count()) + " ms"
+                                                    : "no response within " +
+                                                          std::to_string(request.first_byte_timeout.count()) + " ms"));
+    }
     std::string msg = request.method + " " + request.url + ": " + reason;
     if (rc == CURLE_OPERATION_TIMEDOUT) return Status::timeout(msg);
     if (rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_PEER_FAILED_VERIFICATION ||

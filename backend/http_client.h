@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -47,6 +48,19 @@ struct HttpRequest {
   std::span<uint8_t> sink;
   uint64_t skip_on_200 = 0;
   size_t max_body_bytes = 1 << 20;
+  // Streaming alternative to `sink`: every piece of a 2xx body is handed to
+  // it as it arrives, with the response status (nothing is skipped on a
+  // 200); returning false aborts the transfer with kIo. Takes precedence
+  // over `sink`.
+  std::function<bool(long status, std::span<const uint8_t>)> on_data;
+  // Deadlines checked every few milliseconds while waiting (0 = none): the
+  // response's status line and headers must have arrived within
+  // `first_byte_timeout` of the start, and the body may not pause for longer
+  // than `stall_timeout`. Either one passing is kTimeout. These let a caller
+  // give up on a stalled server quickly without bounding a transfer that is
+  // making progress.
+  std::chrono::milliseconds first_byte_timeout{0};
+  std::chrono::milliseconds stall_timeout{0};
 };
 
 struct HttpResponse {

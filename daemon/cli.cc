@@ -13,6 +13,8 @@ namespace {
 void add_global_flags(CLI::App& app, CommandLine* cl) {
   app.add_option("-A,--apisock", cl->apisock, "Path of the HTTP admin API unix socket");
   app.add_option("-C,--config", cl->config, "Config file (JSON v1/v2 or TOML v2)");
+  app.add_option("--p2p-config", cl->p2p_config,
+                 "Daemon-level P2P settings (JSON; default $NYDUS_P2P_CONFIG, else /etc/nydus/p2p.json if present)");
   auto* id = app.add_option("--id", cl->id, "Daemon instance id");
   auto* sup = app.add_option("--supervisor", cl->supervisor, "Supervisor socket for failover and upgrade");
   id->needs(sup);

@@ -19,6 +19,7 @@ struct CommandLine {
   // global
   std::string apisock;
   std::string config;
+  std::string p2p_config;  // --p2p-config: the daemon-level P2P file (daemon/p2p_runtime.h)
   std::string id;
   std::string supervisor;
   bool upgrade = false;

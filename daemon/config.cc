@@ -5,6 +5,8 @@
 
 #include <toml++/toml.h>
 
+#include "daemon/p2p_config.h"
+
 namespace nydus::daemon {
 namespace {
 
@@ -303,6 +305,21 @@ json toml_to_json(const toml::node& node) {
   return nullptr;  // dates and times have no meaning in this config
 }
 
+// The top-level `p2p` object, in either shape.
+Status parse_p2p(const json& root, RafsConfig* cfg) {
+  auto it = root.find("p2p");
+  if (it == root.end() || it->is_null()) return Status::Ok();
+  NYDUS_ASSIGN(auto p2p, parse_p2p_object(*it));
+  cfg->p2p = std::move(p2p);
+  return Status::Ok();
+}
+
+Result<RafsConfig> with_p2p(Result<RafsConfig> parsed, const json& root) {
+  if (!parsed.ok()) return parsed;
+  NYDUS_TRY(parse_p2p(root, &*parsed));
+  return parsed;
+}
+
 }  // namespace
 
 Result<RafsConfig> parse_config(const std::string& text) {
@@ -310,8 +327,9 @@ Result<RafsConfig> parse_config(const std::string& text) {
   if (!root.is_discarded()) {
     if (!root.is_object()) return Status::invalid("config: top level must be a JSON object");
     auto version = root.find("version");
-    if (version != root.end() && version->is_number_integer() && version->get<int64_t>() == 2) return parse_v2(root);
-    return parse_v1(root);
+    if (version != root.end() && version->is_number_integer() && version->get<int64_t>() == 2)
+      return with_p2p(parse_v2(root), root);
+    return with_p2p(parse_v1(root), root);
   }
   // Not JSON: try TOML v2. toml++ reports errors by exception; this runs
   // only at start-up or in the API handler that catches nothing else.
@@ -321,7 +339,7 @@ Result<RafsConfig> parse_config(const std::string& text) {
     auto version = converted.find("version");
     if (version == converted.end() || !version->is_number_integer() || version->get<int64_t>() != 2)
       return Status::invalid("config: TOML config must set version = 2");
-    return parse_v2(converted);
+    return with_p2p(parse_v2(converted), converted);
   } catch (const toml::parse_error& e) {
     return Status::invalid(std::string("config: neither valid JSON nor TOML (TOML error at line ") +
                            std::to_string(e.source().begin.line) + ": " + std::string(e.description()) + ")");

@@ -8,12 +8,14 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "backend/registry_config.h"
+#include "p2p/p2p_config.h"
 #include "common/status.h"
 
 namespace nydus::daemon {
@@ -58,6 +60,10 @@ struct RafsConfig {
   bool latest_read_files = false;
   uint64_t amplify_io = 1 << 20;
   PrefetchConfig prefetch;
+  // The top-level `p2p` object (the same key in v1 JSON and v2 JSON/TOML),
+  // when present; daemon/p2p_runtime.h says how it combines with the
+  // daemon-level P2P file.
+  std::optional<p2p::P2pConfig> p2p;
 };
 
 // Parses config text: JSON v2 ("version": 2), else TOML v2, else JSON v1.

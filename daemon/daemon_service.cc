@@ -1,5 +1,7 @@
 #include "daemon/daemon_service.h"
 
+#include "daemon/p2p_runtime.h"
+
 #include <signal.h>
 #include <unistd.h>
 
@@ -261,7 +263,20 @@ ControlResult<std::string> DaemonService::access_patterns(const std::optional<st
 ControlResult<std::string> DaemonService::backend_metrics(const std::optional<std::string>& id) {
   auto instance = find(id);
   if (!instance) return ControlError::no_counter();
-  return backend_metrics_json(instance->backend_metrics(), instance->reader().backend().type());
+  std::string body = backend_metrics_json(instance->backend_metrics(), instance->reader().backend().type());
+  // With P2P on: the node's counters (shared by every instance) and where
+  // this instance's bytes came from, after upstream's keys.
+  if (nlohmann::json p2p = P2pRuntime::metrics_json(); !p2p.is_null()) {
+    nlohmann::ordered_json j = nlohmann::ordered_json::parse(body);
+    nlohmann::ordered_json sources = nlohmann::ordered_json::object();
+    instance->backend_metrics().for_each_source([&](const backend::SourceCounters& c) {
+      sources[c.name] = {{"requests", c.requests.load()}, {"errors", c.errors.load()}, {"bytes", c.bytes.load()}};
+    });
+    j["sources"] = std::move(sources);
+    j["p2p"] = nlohmann::ordered_json::parse(p2p.dump());
+    body = j.dump();
+  }
+  return body;
 }
 
 ControlResult<std::string> DaemonService::blobcache_metrics(const std::optional<std::string>& id) {
@@ -313,7 +328,7 @@ std::string DaemonService::prometheus() const {
       bytes += "nydusd_backend_source_bytes_total" + labels + " " + std::to_string(c.bytes.load()) + "\n";
     });
   }
-  return text + errors + bytes;
+  return text + errors + bytes + P2pRuntime::prometheus_text();
 }
 
 ControlResult<std::map<std::string, std::string>> DaemonService::get_config(const std::optional<std::string>& id) {

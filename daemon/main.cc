@@ -19,6 +19,7 @@
 #include "daemon/api_server.h"
 #include "daemon/api_v1.h"
 #include "daemon/cli.h"
+#include "daemon/p2p_runtime.h"
 #include "daemon/config.h"
 #include "daemon/daemon_service.h"
 #include "daemon/daemon_state.h"
@@ -115,6 +116,22 @@ int run(const CommandLine& cl) {
   }
   warn_unsupported(cl);
   raise_nofile(cl.rlimit_nofile);
+
+  // P2P settings of the whole daemon (instances' own `p2p` objects win).
+  {
+    auto p2p = load_daemon_p2p_config(cl.p2p_config);
+    if (!p2p.ok()) {
+      LOG_ERROR("%s", p2p.status().message().c_str());
+      return 1;
+    }
+    P2pRuntime::set_daemon_config(std::move(p2p).value());
+    if (!dedicated) {
+      if (Status s = P2pRuntime::start_from_daemon_config(); !s.ok()) {
+        LOG_ERROR("%s", s.message().c_str());
+        return 1;
+      }
+    }
+  }
 
   // nydusd-contract.md §1: take over instead of mounting with --upgrade, or
   // when a previous daemon crashed (its mount is still there, its API socket
@@ -342,6 +359,7 @@ int run(const CommandLine& cl) {
     session.reset();  // never unmounts by itself
   }
   for (const auto& instance : service.instances()) instance->log_summary();
+  P2pRuntime::log_summary();
   return 0;
 }
 
@@ -357,5 +375,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "nydusd: %s\n", s.message().c_str());
     return 1;
   }
-  return run(cl);
+  const int rc = run(cl);
+  // Every instance is gone by now; the P2P node goes last.
+  P2pRuntime::shutdown();
+  return rc;
 }

@@ -7,6 +7,7 @@
 #include "bootstrap/image.h"
 #include "common/log.h"
 #include "daemon/image_cache.h"
+#include "daemon/p2p_runtime.h"
 #include "fs/prefetch_plan.h"
 
 namespace nydus::daemon {
@@ -77,7 +78,10 @@ Result<std::shared_ptr<RafsInstance>> RafsInstance::create(RafsMountSpec spec) {
       return Status::unsupported("bootstrap " + s.source + ": blob " + blob.id +
                                  " uses gzip chunks (eStargz/zran), which are not supported yet");
   }
-  NYDUS_ASSIGN(auto backend, make_backend(config.backend, s.auth_override, instance->backend_metrics_.get()));
+  NYDUS_ASSIGN(auto origin_backend, make_backend(config.backend, s.auth_override, instance->backend_metrics_.get()));
+  // With P2P on, the registry backend sits behind the peer decorator.
+  NYDUS_ASSIGN(auto backend, P2pRuntime::wrap(config, std::move(origin_backend), instance->backend_metrics_.get()));
+  const bool p2p_on = config.backend.type == "registry" && P2pRuntime::node() != nullptr;
   if (config.backend.type == "registry") {
     instance->registry_auth_ = s.auth_override.value_or(config.backend.registry.auth);
     // Credentials from elsewhere than the config text (IMAGE_PULL_AUTH, a
@@ -99,6 +103,8 @@ Result<std::shared_ptr<RafsInstance>> RafsInstance::create(RafsMountSpec spec) {
   reader_options.verify_fetched = config.backend.type != "localfs";
   reader_options.merge_bytes = config.amplify_io;
   reader_options.fetch_attempts = 1 + (config.backend.type == "registry" ? config.backend.registry.retry_limit : 0);
+  // A chunk a peer sent wrong is fetched again from another source.
+  if (p2p_on) reader_options.fetch_attempts = std::max<uint32_t>(reader_options.fetch_attempts, 3);
   reader_options.metrics = instance->cache_metrics_.get();
   auto reader = std::make_unique<backend::ChunkReader>(image->blobs(), std::move(backend), reader_options);
   instance->reader_ = reader.get();

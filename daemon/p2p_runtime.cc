@@ -1,0 +1,188 @@
+#include "daemon/p2p_runtime.h"
+
+#include <mutex>
+
+#include "common/log.h"
+#include "p2p/p2p_node.h"
+#include "p2p/peer_backend.h"
+
+namespace nydus::daemon {
+namespace {
+
+constexpr const char* kDefaultStoreDir = "/var/lib/nydus/p2p";
+
+struct Runtime {
+  std::mutex mu;
+  std::optional<p2p::P2pConfig> daemon_config;
+  std::unique_ptr<p2p::P2pNode> node;
+  bool warned_other_config = false;
+};
+
+Runtime& runtime() {
+  static Runtime* r = new Runtime();  // never destroyed: shutdown() stops the node explicitly
+  return *r;
+}
+
+bool same_settings(const p2p::P2pConfig& a, const p2p::P2pConfig& b) {
+  return a.listen == b.listen && a.advertise == b.advertise && a.peers == b.peers && a.peers_dns == b.peers_dns &&
+         a.store_dir == b.store_dir && a.unit_size == b.unit_size;
+}
+
+Status start_locked(Runtime& r, p2p::P2pConfig config, const std::string& work_dir) {
+  if (config.store_dir.empty()) config.store_dir = work_dir.empty() ? kDefaultStoreDir : work_dir + "/p2p";
+  NYDUS_ASSIGN(r.node, p2p::P2pNode::start(config));
+  LOG_INFO("p2p: node %s started (store %s, %llu MiB; unit %llu KiB; %s)", r.node->self().c_str(),
+           config.store_dir.c_str(), static_cast<unsigned long long>(config.store_size >> 20),
+           static_cast<unsigned long long>(config.unit_size >> 10),
+           config.peers_dns.empty() ? "static peers" : ("peers from DNS " + config.peers_dns).c_str());
+  return Status::Ok();
+}
+
+}  // namespace
+
+void P2pRuntime::set_daemon_config(std::optional<p2p::P2pConfig> config) {
+  Runtime& r = runtime();
+  std::lock_guard<std::mutex> g(r.mu);
+  r.daemon_config = std::move(config);
+}
+
+Status P2pRuntime::start_from_daemon_config() {
+  Runtime& r = runtime();
+  std::lock_guard<std::mutex> g(r.mu);
+  if (r.node || !r.daemon_config) return Status::Ok();
+  return start_locked(r, *r.daemon_config, "");
+}
+
+Result<p2p::P2pNode*> P2pRuntime::node_for(const RafsConfig& config) {
+  Runtime& r = runtime();
+  std::lock_guard<std::mutex> g(r.mu);
+  const std::optional<p2p::P2pConfig>& wanted = config.p2p ? config.p2p : r.daemon_config;
+  if (!wanted) return static_cast<p2p::P2pNode*>(nullptr);
+  if (r.node) {
+    if (!same_settings(r.node->config(), *wanted) && !r.warned_other_config) {
+      r.warned_other_config = true;
+      LOG_WARN("p2p: an instance's p2p settings differ from the running node's; the daemon runs one node, "
+               "so it uses the running one");
+    }
+    return r.node.get();
+  }
+  NYDUS_TRY(start_locked(r, *wanted, config.cache.type.empty() ? "" : config.cache.work_dir));
+  return r.node.get();
+}
+
+Result<std::unique_ptr<backend::BlobBackend>> P2pRuntime::wrap(const RafsConfig& config,
+                                                               std::unique_ptr<backend::BlobBackend> backend,
+                                                               backend::BackendMetrics* metrics) {
+  if (config.backend.type != "registry") {
+    if (config.p2p) LOG_WARN("p2p: backend type %s has no origin to share; P2P is off for it", config.backend.type.c_str());
+    return backend;
+  }
+  NYDUS_ASSIGN(p2p::P2pNode * node, node_for(config));
+  if (!node) return backend;
+  const backend::RegistryConfig& reg = config.backend.registry;
+  p2p::PeerBackendOptions options;
+  options.registry_url = std::string(reg.scheme == "http" ? "http" : "https") + "://" + reg.host;
+  options.repo = reg.repo;
+  return p2p::make_peer_backend(std::move(backend), *node, std::move(options), metrics);
+}
+
+p2p::P2pNode* P2pRuntime::node() {
+  Runtime& r = runtime();
+  std::lock_guard<std::mutex> g(r.mu);
+  return r.node.get();
+}
+
+void P2pRuntime::shutdown() {
+  std::unique_ptr<p2p::P2pNode> node;
+  {
+    Runtime& r = runtime();
+    std::lock_guard<std::mutex> g(r.mu);
+    node = std::move(r.node);
+  }
+  node.reset();
+}
+
+nlohmann::json P2pRuntime::metrics_json() {
+  p2p::P2pNode* node = P2pRuntime::node();
+  if (!node) return nullptr;
+  const p2p::P2pMetrics& m = node->metrics();
+  auto load = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  nlohmann::ordered_json j;
+  j["self"] = node->self();
+  j["members"] = *node->membership().members();
+  j["upload_requests"] = load(m.upload_requests);
+  j["upload_bytes"] = load(m.upload_bytes);
+  j["upload_errors"] = load(m.upload_errors);
+  j["owner_hits"] = load(m.owner_hits);
+  j["owner_misses"] = load(m.owner_misses);
+  j["origin_requests"] = load(m.origin_requests);
+  j["origin_bytes"] = load(m.origin_bytes);
+  j["passthrough_requests"] = load(m.passthrough_requests);
+  j["peer_requests"] = load(m.peer_requests);
+  j["peer_failures"] = load(m.peer_failures);
+  j["verify_failures"] = load(m.verify_failures);
+  j["store_hits"] = load(m.store_hits);
+  j["fallbacks_to_origin"] = load(m.fallbacks_to_origin);
+  j["store_used_bytes"] = node->store().used_bytes();
+  j["store_evicted_blobs"] = node->store().evicted_blobs();
+  nlohmann::ordered_json uploads = nlohmann::ordered_json::object();
+  m.for_each_upload([&](const p2p::PeerUpload& u) {
+    uploads[u.peer] = {{"requests", load(u.requests)}, {"bytes", load(u.bytes)}};
+  });
+  j["uploads_by_peer"] = std::move(uploads);
+  return nlohmann::json::parse(j.dump());
+}
+
+std::string P2pRuntime::prometheus_text() {
+  p2p::P2pNode* node = P2pRuntime::node();
+  if (!node) return "";
+  const p2p::P2pMetrics& m = node->metrics();
+  std::string out;
+  auto counter = [&](const char* name, const char* help, uint64_t value) {
+    out += std::string("# HELP nydusd_p2p_") + name + " " + help + "\n# TYPE nydusd_p2p_" + name + " counter\nnydusd_p2p_" +
+           name + " " + std::to_string(value) + "\n";
+  };
+  counter("upload_requests_total", "Blob range requests the peer server answered with data.", m.upload_requests.load());
+  counter("upload_bytes_total", "Body bytes the peer server sent.", m.upload_bytes.load());
+  counter("upload_errors_total", "Peer-server requests refused or aborted.", m.upload_errors.load());
+  counter("owner_hits_total", "Asked-for ranges already in the piece store.", m.owner_hits.load());
+  counter("owner_misses_total", "Asked-for ranges fetched from the origin for the asker.", m.owner_misses.load());
+  counter("origin_bytes_total", "Bytes the peer server fetched from origins.", m.origin_bytes.load());
+  counter("peer_requests_total", "Ranges this node asked peers for.", m.peer_requests.load());
+  counter("peer_failures_total", "Peer requests that failed.", m.peer_failures.load());
+  counter("verify_failures_total", "Peer or piece-store bytes that failed verification.", m.verify_failures.load());
+  counter("store_hits_total", "Ranges read from the local piece store.", m.store_hits.load());
+  counter("fallbacks_to_origin_total", "Ranges this node fetched from the origin itself.", m.fallbacks_to_origin.load());
+  out += "# HELP nydusd_p2p_uploaded_bytes_total Bytes uploaded per asking peer.\n"
+         "# TYPE nydusd_p2p_uploaded_bytes_total counter\n";
+  m.for_each_upload([&](const p2p::PeerUpload& u) {
+    out += "nydusd_p2p_uploaded_bytes_total{peer=" + nlohmann::json(u.peer).dump() + "} " +
+           std::to_string(u.bytes.load()) + "\n";
+  });
+  out += "# HELP nydusd_p2p_store_used_bytes Raw blob bytes held in the piece store.\n"
+         "# TYPE nydusd_p2p_store_used_bytes gauge\nnydusd_p2p_store_used_bytes " +
+         std::to_string(node->store().used_bytes()) + "\n";
+  return out;
+}
+
+void P2pRuntime::log_summary() {
+  p2p::P2pNode* node = P2pRuntime::node();
+  if (!node) return;
+  const p2p::P2pMetrics& m = node->metrics();
+  const double mib = 1 << 20;
+  LOG_INFO("metrics p2p: uploaded %llu requests, %.1f MiB (%llu owner hits, %llu misses, %.1f MiB from origins for peers); "
+           "asked peers %llu times (%llu failed), %llu store hits, %llu origin fallbacks, %llu verification failures; "
+           "store holds %.1f MiB",
+           static_cast<unsigned long long>(m.upload_requests.load()), m.upload_bytes.load() / mib,
+           static_cast<unsigned long long>(m.owner_hits.load()), static_cast<unsigned long long>(m.owner_misses.load()),
+           m.origin_bytes.load() / mib, static_cast<unsigned long long>(m.peer_requests.load()),
+           static_cast<unsigned long long>(m.peer_failures.load()), static_cast<unsigned long long>(m.store_hits.load()),
+           static_cast<unsigned long long>(m.fallbacks_to_origin.load()),
+           static_cast<unsigned long long>(m.verify_failures.load()), node->store().used_bytes() / mib);
+  m.for_each_upload([&](const p2p::PeerUpload& u) {
+    LOG_INFO("metrics p2p: uploaded to %s: %llu requests, %.1f MiB", u.peer.c_str(),
+             static_cast<unsigned long long>(u.requests.load()), u.bytes.load() / mib);
+  });
+}
+
+}  // namespace nydus::daemon

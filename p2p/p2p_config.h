@@ -1,0 +1,36 @@
+// Settings of the embedded P2P backend: the top-level `p2p` object of the
+// nydusd config (or of the daemon-level P2P file, see daemon/p2p_config.h
+// for where it is read from and in which order). Plain values; the daemon's
+// parser fills them in and checks types and ranges, naming the field.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nydus::p2p {
+
+struct P2pConfig {
+  // "ADDR:PORT" the peer server listens on ("0.0.0.0:65002", "[::]:65002").
+  std::string listen = "0.0.0.0:65002";
+  // "ADDR:PORT" peers use to reach this node; "" = taken from the peers_dns
+  // answer that is an address of this host, else listen when it names a
+  // concrete address.
+  std::string advertise;
+  std::vector<std::string> peers;  // static membership: "ADDR:PORT" (may include this node)
+  std::string peers_dns;           // "NAME:PORT": every A/AAAA record of NAME is a peer
+  uint32_t dns_refresh_ms = 5000;  // how often peers_dns is resolved again
+  std::string store_dir;           // the piece store; "" = <cache work_dir>/p2p
+  uint64_t store_size = 10ull << 30;  // bytes of raw blob data kept for peers
+  std::string mirror_listen = "127.0.0.1:65001";  // the stock-client endpoint (issue 12)
+  uint64_t unit_size = 4ull << 20;  // placement unit: aligned raw-blob range with one owner
+  uint32_t granule_size = 4096;     // readiness and origin-fetch alignment inside the store
+  uint32_t peer_timeout_ms = 100;   // connect + response headers from a peer
+  uint32_t peer_stall_ms = 2000;    // longest pause inside a peer's response body
+  uint32_t failure_backoff_ms = 1000;   // a peer that failed a request is skipped this long
+  uint32_t bad_data_backoff_ms = 30000; // ... and this long when its bytes failed verification
+  uint32_t max_candidates = 3;      // peers asked for one unit before going to the origin
+  uint32_t upload_connections = 256;  // peer-server connection limit
+};
+
+}  // namespace nydus::p2p

@@ -1,0 +1,58 @@
+// Counters of the P2P node: what it uploaded to whom, how its peer server
+// answered, what failed verification. Download counters (bytes by source:
+// piece store, each peer, origin) live in each instance's
+// backend::BackendMetrics, next to the registry's own sources.
+//
+// Thread-safety: atomics; per-peer entries are created under a mutex and
+// never removed, so references stay valid.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+
+namespace nydus::p2p {
+
+struct PeerUpload {
+  explicit PeerUpload(std::string peer_address) : peer(std::move(peer_address)) {}
+  const std::string peer;  // the asker's address (no port: askers use ephemeral ports)
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> bytes{0};
+};
+
+class P2pMetrics {
+ public:
+  std::atomic<uint64_t> upload_requests{0};    // blob GETs answered with data
+  std::atomic<uint64_t> upload_bytes{0};       // body bytes those answers carried
+  std::atomic<uint64_t> upload_errors{0};      // answers aborted or refused (4xx/5xx)
+  std::atomic<uint64_t> owner_hits{0};         // asked-for range already in the piece store
+  std::atomic<uint64_t> owner_misses{0};       // ... not (fetched from the origin)
+  std::atomic<uint64_t> origin_requests{0};    // origin GETs made by the piece store for askers
+  std::atomic<uint64_t> origin_bytes{0};
+  std::atomic<uint64_t> passthrough_requests{0};  // manifests etc. forwarded unchanged
+  std::atomic<uint64_t> peer_requests{0};      // ranges this node asked peers for
+  std::atomic<uint64_t> peer_failures{0};      // ... that failed (transport, deadline, bad answer)
+  std::atomic<uint64_t> verify_failures{0};    // peer or store bytes that failed verification
+  std::atomic<uint64_t> store_hits{0};         // ranges read from the local piece store
+  std::atomic<uint64_t> fallbacks_to_origin{0};  // ranges the instance fetched from the origin itself
+
+  PeerUpload& upload(const std::string& peer) {
+    std::lock_guard<std::mutex> g(mu_);
+    for (auto& u : uploads_)
+      if (u.peer == peer) return u;
+    return uploads_.emplace_back(peer);
+  }
+  template <typename Fn>
+  void for_each_upload(Fn fn) const {
+    std::lock_guard<std::mutex> g(mu_);
+    for (const auto& u : uploads_) fn(u);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::deque<PeerUpload> uploads_;
+};
+
+}  // namespace nydus::p2p

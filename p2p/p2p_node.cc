@@ -1,0 +1,106 @@
+#include "p2p/p2p_node.h"
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "common/log.h"
+#include "p2p/peer_server.h"
+#include "p2p/rendezvous.h"
+
+namespace nydus::p2p {
+
+// A fixed set of worker threads for origin fetches that feed streaming
+// uploads; queued tasks run in order.
+class FetchPool {
+ public:
+  explicit FetchPool(size_t threads) {
+    for (size_t i = 0; i < threads; ++i) workers_.emplace_back([this] { run(); });
+  }
+  ~FetchPool() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  void submit(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
+      if (tasks_.empty()) return;
+      auto task = std::move(tasks_.front());
+      tasks_.pop_front();
+      lock.unlock();
+      task();
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
+};
+
+namespace {
+constexpr size_t kFetchWorkers = 32;
+}
+
+P2pNode::P2pNode(P2pConfig config) : config_(std::move(config)) {}
+
+P2pNode::~P2pNode() {
+  server_.reset();
+  pool_.reset();
+  membership_.reset();
+}
+
+Result<std::unique_ptr<P2pNode>> P2pNode::start(const P2pConfig& config) {
+  if (config.unit_size == 0 || config.unit_size % config.granule_size != 0)
+    return Status::invalid("p2p.unit_size must be a positive multiple of p2p.granule_size (" +
+                           std::to_string(config.granule_size) + ")");
+  std::unique_ptr<P2pNode> node(new P2pNode(config));
+  NYDUS_ASSIGN(node->store_,
+               PieceStore::open({config.store_dir, config.store_size, config.granule_size}));
+  node->client_ = std::make_unique<PeerClient>(config);
+  PeerClient* client = node->client_.get();
+  NYDUS_ASSIGN(node->membership_,
+               Membership::start(config, nullptr, [client](const std::string& peer) { return client->ping(peer); }));
+  node->pool_ = std::make_unique<FetchPool>(kFetchWorkers);
+  NYDUS_ASSIGN(node->server_, PeerServer::start(*node));
+  return node;
+}
+
+std::vector<std::string> P2pNode::owners(const std::string& digest, uint64_t unit, size_t limit) const {
+  auto members = membership_->members();
+  std::vector<std::string> out;
+  for (size_t i : rendezvous_order(*members, digest, unit)) {
+    if (out.size() >= limit) break;
+    const std::string& m = (*members)[i];
+    if (m == membership_->self() || membership_->usable(m)) out.push_back(m);
+  }
+  return out;
+}
+
+Result<std::shared_ptr<StoredBlob>> P2pNode::stored_blob(const std::string& digest,
+                                                         const std::function<Result<uint64_t>()>& size_fn) {
+  if (auto blob = store_->find(digest)) return blob;
+  NYDUS_ASSIGN(const uint64_t size, size_fn());
+  return store_->open_blob(digest, size);
+}
+
+void P2pNode::submit(std::function<void()> task) { pool_->submit(std::move(task)); }
+
+}  // namespace nydus::p2p

@@ -1,0 +1,69 @@
+// P2pNode: the one P2P engine of a daemon. It owns the piece store, the
+// membership, the peer client and the peer server, and is shared by every
+// RAFS instance of the daemon (a shared-mode daemon runs one node for all
+// its mounts). Instances reach it through PeerBackend (p2p/peer_backend.h).
+//
+// Lifetime: start() brings up membership and the peer server (listening
+// when it returns); the destructor stops the server (in-flight uploads are
+// cut), then the fetch workers, then membership. Instances must be gone
+// before the node.
+//
+// Thread-safety: every method may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "p2p/membership.h"
+#include "p2p/p2p_config.h"
+#include "p2p/p2p_metrics.h"
+#include "p2p/peer_client.h"
+#include "p2p/piece_store.h"
+
+namespace nydus::p2p {
+
+class PeerServer;
+class FetchPool;
+
+class P2pNode {
+ public:
+  static Result<std::unique_ptr<P2pNode>> start(const P2pConfig& config);
+  ~P2pNode();
+
+  const P2pConfig& config() const { return config_; }
+  PieceStore& store() { return *store_; }
+  Membership& membership() { return *membership_; }
+  PeerClient& client() { return *client_; }
+  P2pMetrics& metrics() { return metrics_; }
+  const std::string& self() const { return membership_->self(); }
+
+  // The usable members in rendezvous order for unit `unit` of `digest`,
+  // at most `limit`; this node is among them when it is a member.
+  std::vector<std::string> owners(const std::string& digest, uint64_t unit, size_t limit) const;
+
+  // The store's blob `digest`, created with the size `size_fn` returns
+  // when the store does not know it yet.
+  Result<std::shared_ptr<StoredBlob>> stored_blob(const std::string& digest,
+                                                  const std::function<Result<uint64_t>()>& size_fn);
+
+  // Runs `task` on a fetch worker (origin fetches that feed streaming
+  // uploads). Tasks still queued at shutdown are run before the workers exit.
+  void submit(std::function<void()> task);
+
+ private:
+  explicit P2pNode(P2pConfig config);
+
+  const P2pConfig config_;
+  P2pMetrics metrics_;
+  std::unique_ptr<PieceStore> store_;
+  std::unique_ptr<Membership> membership_;
+  std::unique_ptr<PeerClient> client_;
+  std::unique_ptr<FetchPool> pool_;
+  std::unique_ptr<PeerServer> server_;
+};
+
+}  // namespace nydus::p2p

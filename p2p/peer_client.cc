@@ -1,0 +1,206 @@
+#include "p2p/peer_client.h"
+
+#include <chrono>
+#include <cstring>
+
+namespace nydus::p2p {
+namespace {
+
+using std::chrono::milliseconds;
+
+std::string range_header(uint64_t offset, uint64_t length) {
+  return "Range: bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1);
+}
+
+bool parse_u64(const std::string& s, uint64_t* out) {
+  if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) return false;
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (errno != 0 || *end != '\0') return false;
+  *out = v;
+  return true;
+}
+
+}  // namespace
+
+bool parse_content_range(const std::string& value, ContentRange* out) {
+  // bytes A-B/TOTAL
+  if (value.rfind("bytes ", 0) != 0) return false;
+  const std::string rest = value.substr(6);
+  const size_t dash = rest.find('-');
+  const size_t slash = rest.find('/');
+  if (dash == std::string::npos || slash == std::string::npos || slash < dash) return false;
+  ContentRange cr;
+  if (!parse_u64(rest.substr(0, dash), &cr.first) || !parse_u64(rest.substr(dash + 1, slash - dash - 1), &cr.last) ||
+      !parse_u64(rest.substr(slash + 1), &cr.total))
+    return false;
+  if (cr.last < cr.first || cr.last >= cr.total) return false;
+  *out = cr;
+  return true;
+}
+
+PeerClient::PeerClient(const P2pConfig& config) : config_(config), peers_({}), origin_({}) {}
+
+backend::HttpRequest PeerClient::peer_request(const std::string& peer, const BlobLocation& blob,
+                                              const char* method) const {
+  backend::HttpRequest req;
+  req.method = method;
+  req.url = "http://" + peer + blob.path();
+  req.headers.push_back("X-Dragonfly-Registry: " + blob.registry);
+  if (!blob.authorization.empty()) req.headers.push_back("Authorization: " + blob.authorization);
+  req.connect_timeout = milliseconds(config_.peer_timeout_ms);
+  req.first_byte_timeout = milliseconds(config_.peer_timeout_ms);
+  req.stall_timeout = milliseconds(config_.peer_stall_ms);
+  return req;
+}
+
+Status PeerClient::fetch_range(const std::string& peer, const BlobLocation& blob, uint64_t blob_size,
+                               uint64_t offset, std::span<uint8_t> dst) {
+  if (dst.empty()) return Status::Ok();
+  backend::HttpRequest req = peer_request(peer, blob, "GET");
+  req.headers.push_back(range_header(offset, dst.size()));
+  req.sink = dst;
+  NYDUS_ASSIGN(const backend::HttpResponse res, peers_.perform(req));
+  const std::string where = "peer " + peer + " blob " + blob.digest.substr(0, 12);
+  if (res.status != 206) return Status::io(where + ": answered " + std::to_string(res.status) + " to a range request");
+  ContentRange cr;
+  const std::string* value = res.header("content-range");
+  if (!value || !parse_content_range(*value, &cr) || cr.first != offset || cr.last != offset + dst.size() - 1 ||
+      cr.total != blob_size)
+    return Status::io(where + ": Content-Range '" + (value ? *value : "") + "' does not match the range asked for");
+  if (res.sink_bytes != dst.size() || res.body_overflow)
+    return Status::io(where + ": body of " + std::to_string(res.sink_bytes) + " bytes for a range of " +
+                      std::to_string(dst.size()));
+  return Status::Ok();
+}
+
+Result<uint64_t> PeerClient::fetch_size(const std::string& peer, const BlobLocation& blob) {
+  backend::HttpRequest req = peer_request(peer, blob, "HEAD");
+  NYDUS_ASSIGN(const backend::HttpResponse res, peers_.perform(req));
+  if (res.status == 404) return Status::not_found("peer " + peer + ": blob " + blob.digest + " not found");
+  if (res.status != 200) return Status::io("peer " + peer + ": HEAD answered " + std::to_string(res.status));
+  uint64_t size = 0;
+  const std::string* length = res.header("content-length");
+  if (!length || !parse_u64(*length, &size)) return Status::io("peer " + peer + ": HEAD without a valid Content-Length");
+  return size;
+}
+
+bool PeerClient::ping(const std::string& peer) {
+  backend::HttpRequest req;
+  req.url = "http://" + peer + "/server/ping";
+  req.connect_timeout = milliseconds(config_.peer_timeout_ms);
+  req.timeout = milliseconds(std::max<uint32_t>(config_.peer_timeout_ms * 5, 500));
+  auto res = peers_.perform(req);
+  return res.ok() && res->status == 200;
+}
+
+Status PeerClient::fetch_origin(const BlobLocation& blob, uint64_t offset, uint64_t length,
+                                const StoredBlob::Sink& sink) {
+  if (length == 0) return Status::Ok();
+  std::string url = blob.origin_url();
+  bool with_auth = true;
+  for (int hop = 0; hop < 3; ++hop) {
+    backend::HttpRequest req;
+    req.url = url;
+    req.headers.push_back(range_header(offset, length));
+    if (with_auth && !blob.authorization.empty()) req.headers.push_back("Authorization: " + blob.authorization);
+    req.connect_timeout = std::chrono::seconds(5);
+    req.stall_timeout = std::chrono::seconds(10);
+    req.first_byte_timeout = std::chrono::seconds(10);
+    uint64_t delivered = 0;
+    Status sink_error;
+    long status = 0;
+    bool whole_blob_cut = false;
+    req.on_data = [&](long answer, std::span<const uint8_t> bytes) {
+      if (answer == 200 && offset != 0) {
+        sink_error = Status::io("origin " + url + " ignored the Range header (200 for a range at " +
+                                std::to_string(offset) + ")");
+        return false;
+      }
+      // A 200 from offset 0 is the whole blob: keep the part asked for.
+      if (delivered + bytes.size() > length) {
+        if (answer == 206) {
+          sink_error = Status::io("origin " + url + " sent more than the " + std::to_string(length) + " bytes asked for");
+          return false;
+        }
+        bytes = bytes.first(length - delivered);
+      }
+      delivered += bytes.size();
+      Status s = sink(bytes);
+      if (s.ok() && delivered == length && answer == 200) {
+        whole_blob_cut = true;
+        return false;  // the rest of the blob is not needed
+      }
+      if (!s.ok()) {
+        sink_error = s;
+        return false;
+      }
+      return true;
+    };
+    auto res = origin_.perform(req);
+    if (whole_blob_cut) return Status::Ok();
+    if (!sink_error.ok()) return sink_error;
+    if (!res.ok()) return res.status();
+    status = res->status;
+    if (status >= 300 && status < 400) {
+      const std::string* location = res->header("location");
+      if (!location || location->empty()) return Status::io("origin " + url + ": redirect without Location");
+      url = *location;
+      with_auth = false;
+      continue;
+    }
+    if (status != 206 && status != 200) {
+      if (status == 404) return Status::not_found("origin " + url + ": not found (404)");
+      return Status::io("origin " + url + " answered " + std::to_string(status));
+    }
+    if (delivered != length)
+      return Status::io("origin " + url + ": " + std::to_string(delivered) + " of " + std::to_string(length) +
+                        " bytes");
+    return Status::Ok();
+  }
+  return Status::io("origin " + blob.origin_url() + ": too many redirects");
+}
+
+Result<uint64_t> PeerClient::origin_size(const BlobLocation& blob, long* status_out) {
+  std::string url = blob.origin_url();
+  bool with_auth = true;
+  for (int hop = 0; hop < 3; ++hop) {
+    backend::HttpRequest req;
+    req.method = "HEAD";
+    req.url = url;
+    if (with_auth && !blob.authorization.empty()) req.headers.push_back("Authorization: " + blob.authorization);
+    req.connect_timeout = std::chrono::seconds(5);
+    req.timeout = std::chrono::seconds(10);
+    NYDUS_ASSIGN(const backend::HttpResponse res, origin_.perform(req));
+    if (status_out) *status_out = res.status;
+    if (res.status >= 300 && res.status < 400) {
+      const std::string* location = res.header("location");
+      if (!location || location->empty()) return Status::io("origin " + url + ": redirect without Location");
+      url = *location;
+      with_auth = false;
+      continue;
+    }
+    if (res.status == 404) return Status::not_found("origin " + url + ": not found (404)");
+    if (res.status != 200) return Status::io("origin " + url + ": HEAD answered " + std::to_string(res.status));
+    uint64_t size = 0;
+    const std::string* length = res.header("content-length");
+    if (!length || !parse_u64(*length, &size)) return Status::io("origin " + url + ": HEAD without Content-Length");
+    return size;
+  }
+  return Status::io("origin " + blob.origin_url() + ": too many redirects");
+}
+
+Result<backend::HttpResponse> PeerClient::forward(const std::string& method, const std::string& url,
+                                                 std::vector<std::string> headers) {
+  backend::HttpRequest req;
+  req.method = method;
+  req.url = url;
+  req.headers = std::move(headers);
+  req.connect_timeout = std::chrono::seconds(5);
+  req.timeout = std::chrono::seconds(30);
+  req.max_body_bytes = 16u << 20;
+  return origin_.perform(req);
+}
+
+}  // namespace nydus::p2p

@@ -1,0 +1,70 @@
+// PeerClient: this node asking other nodes (and, for what nobody holds,
+// the origin registry) for raw blob bytes, over the registry blob protocol.
+//
+// Peer requests carry the origin in X-Dragonfly-Registry, so any peer can
+// fetch what it lacks, and they have short deadlines: `peer_timeout_ms` to
+// connect and receive the response headers, `peer_stall_ms` of silence
+// inside the body. A peer's answer is checked before a byte is used: status
+// 206, a Content-Range naming exactly the range asked for and the blob size
+// expected, and exactly that many body bytes. Anything else is an error
+// (the caller demotes the peer and asks the next one).
+//
+// Thread-safety: any number of concurrent calls.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/http_client.h"
+#include "common/status.h"
+#include "p2p/blob_location.h"
+#include "p2p/p2p_config.h"
+#include "p2p/piece_store.h"
+
+namespace nydus::p2p {
+
+class PeerClient {
+ public:
+  explicit PeerClient(const P2pConfig& config);
+
+  // Bytes [offset, offset + dst.size()) of the blob from `peer`
+  // ("ADDR:PORT"); `blob_size` is what the Content-Range must say.
+  Status fetch_range(const std::string& peer, const BlobLocation& blob, uint64_t blob_size, uint64_t offset,
+                     std::span<uint8_t> dst);
+  // The blob's size as `peer` reports it (HEAD).
+  Result<uint64_t> fetch_size(const std::string& peer, const BlobLocation& blob);
+  // GET /server/ping answered 200 within the peer timeout.
+  bool ping(const std::string& peer);
+
+  // The origin: bytes [offset, offset + length) handed to `sink` as they
+  // arrive, following one redirect (without Authorization, as registries
+  // want for their storage URLs). `blob_size` (0 = unknown) is checked
+  // against the Content-Range.
+  Status fetch_origin(const BlobLocation& blob, uint64_t offset, uint64_t length, const StoredBlob::Sink& sink);
+  // The origin's size of the blob (HEAD, following redirects). kNotFound on
+  // 404; other statuses are kIo with the status in the message, and
+  // `*status` (optional) receives it so a server can pass 401/403 on.
+  Result<uint64_t> origin_size(const BlobLocation& blob, long* status = nullptr);
+  // Any other request passed to the origin unchanged (manifests, tags):
+  // the whole answer, body at most 16 MiB, redirects not followed.
+  Result<backend::HttpResponse> forward(const std::string& method, const std::string& url,
+                                        std::vector<std::string> headers);
+
+ private:
+  backend::HttpRequest peer_request(const std::string& peer, const BlobLocation& blob, const char* method) const;
+
+  const P2pConfig config_;
+  backend::HttpClient peers_;
+  backend::HttpClient origin_;
+};
+
+// "bytes A-B/TOTAL" -> {A, B, TOTAL}; nullopt for anything else.
+struct ContentRange {
+  uint64_t first = 0, last = 0, total = 0;
+};
+bool parse_content_range(const std::string& value, ContentRange* out);
+
+}  // namespace nydus::p2p

@@ -1,0 +1,456 @@
+#include "p2p/peer_server.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "common/log.h"
+#include "p2p/membership.h"
+#include "p2p/p2p_node.h"
+
+namespace nydus::p2p {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr size_t kStreamBlock = 256 * 1024;
+// How long a streaming upload waits for the next byte before giving up.
+constexpr auto kStreamStall = std::chrono::seconds(30);
+// How long an origin fetch for an asker may take in all.
+constexpr auto kFetchDeadline = std::chrono::seconds(120);
+
+bool valid_repo(const std::string& repo) {
+  if (repo.empty() || repo.size() > 255 || repo.front() == '/' || repo.back() == '/') return false;
+  if (repo.find("..") != std::string::npos || repo.find("//") != std::string::npos) return false;
+  for (char c : repo)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' || c == '/'))
+      return false;
+  return true;
+}
+
+bool parse_dec(const std::string& s, uint64_t* out) {
+  if (s.empty() || s.size() > 19 || s.find_first_not_of("0123456789") != std::string::npos) return false;
+  *out = std::stoull(s);
+  return true;
+}
+
+std::string client_address(MHD_Connection* conn) {
+  const MHD_ConnectionInfo* info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (!info || !info->client_addr) return "?";
+  char buf[INET6_ADDRSTRLEN] = {0};
+  const sockaddr* sa = info->client_addr;
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, buf, sizeof buf);
+  else if (sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, buf, sizeof buf);
+  return buf;
+}
+
+// An origin fetch running on a worker for one streaming upload.
+struct FetchState {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  Status status;
+  void finish(Status s) {
+    std::lock_guard<std::mutex> g(mu);
+    done = true;
+    status = std::move(s);
+    cv.notify_all();
+  }
+  bool failed() {
+    std::lock_guard<std::mutex> g(mu);
+    return done && !status.ok();
+  }
+  bool finished() {
+    std::lock_guard<std::mutex> g(mu);
+    return done;
+  }
+};
+
+struct Stream {
+  std::shared_ptr<StoredBlob> blob;
+  uint64_t first = 0;
+  uint64_t length = 0;
+  std::shared_ptr<FetchState> fetch;
+  P2pMetrics* metrics = nullptr;
+  PeerUpload* upload = nullptr;
+};
+
+ssize_t stream_block(void* cls, uint64_t pos, char* buf, size_t max) {
+  auto* st = static_cast<Stream*>(cls);
+  if (pos >= st->length) return MHD_CONTENT_READER_END_OF_STREAM;
+  const uint64_t offset = st->first + pos;
+  const uint64_t want = std::min<uint64_t>(max, st->length - pos);
+  const Clock::time_point give_up = Clock::now() + kStreamStall;
+  for (;;) {
+    auto ready = st->blob->wait_ready(offset, want, std::min(give_up, Clock::now() + milliseconds(50)));
+    if (ready.ok()) {
+      const ssize_t n = pread(st->blob->data_fd(), buf, *ready, static_cast<off_t>(offset));
+      if (n <= 0) break;
+      st->metrics->upload_bytes.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+      if (st->upload) st->upload->bytes.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+      return n;
+    }
+    if (Clock::now() >= give_up) break;
+    // kIo: nobody is fetching the granule at `offset`. The worker may not
+    // have claimed it yet; once it is done, the bytes are there or never.
+    if (ready.status().code() == Code::kIo) {
+      if (st->fetch && st->fetch->finished()) {
+        if (st->blob->ready_run(offset, 1) == 1) continue;
+        break;
+      }
+      if (!st->fetch) break;
+      std::this_thread::sleep_for(milliseconds(2));
+    }
+  }
+  st->metrics->upload_errors.fetch_add(1, std::memory_order_relaxed);
+  return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+void free_stream(void* cls) { delete static_cast<Stream*>(cls); }
+
+ssize_t no_body(void*, uint64_t, char*, size_t) { return MHD_CONTENT_READER_END_WITH_ERROR; }
+
+}  // namespace
+
+Result<BlobTarget> parse_blob_path(const std::string& path) {
+  static const std::string kPrefix = "/v2/";
+  static const std::string kBlobs = "/blobs/";
+  if (path.rfind(kPrefix, 0) != 0) return Status::not_found("not a registry path");
+  const size_t blobs = path.rfind(kBlobs);
+  if (blobs == std::string::npos || blobs < kPrefix.size()) return Status::not_found("not a blob path");
+  BlobTarget t;
+  t.repo = path.substr(kPrefix.size(), blobs - kPrefix.size());
+  const std::string ref = path.substr(blobs + kBlobs.size());
+  if (ref.rfind("uploads", 0) == 0) return Status::not_found("blob upload path");
+  if (ref.rfind("sha256:", 0) != 0) return Status::invalid("blob reference '" + ref.substr(0, 80) + "' is not sha256:<hex>");
+  t.digest = ref.substr(7);
+  if (!is_sha256_hex(t.digest)) return Status::invalid("blob digest is not 64 lowercase hex digits");
+  if (!valid_repo(t.repo)) return Status::invalid("repository name '" + t.repo.substr(0, 80) + "' is not valid");
+  return t;
+}
+
+Result<ByteSpan> parse_range_header(const std::string& value, uint64_t size) {
+  if (value.rfind("bytes=", 0) != 0) return Status::invalid("Range '" + value.substr(0, 80) + "' is not bytes=");
+  const std::string spec = value.substr(6);
+  if (spec.find(',') != std::string::npos) return Status::invalid("multiple ranges are not supported");
+  const size_t dash = spec.find('-');
+  if (dash == std::string::npos) return Status::invalid("Range '" + value.substr(0, 80) + "' has no '-'");
+  const std::string a = spec.substr(0, dash), b = spec.substr(dash + 1);
+  ByteSpan out;
+  if (a.empty()) {  // suffix: the last N bytes
+    uint64_t n = 0;
+    if (!parse_dec(b, &n)) return Status::invalid("Range '" + value.substr(0, 80) + "' is malformed");
+    if (n == 0 || size == 0) return Status::not_found("empty suffix range");
+    out.first = n >= size ? 0 : size - n;
+    out.last = size - 1;
+    return out;
+  }
+  if (!parse_dec(a, &out.first)) return Status::invalid("Range '" + value.substr(0, 80) + "' is malformed");
+  if (b.empty()) {
+    out.last = size == 0 ? 0 : size - 1;
+  } else if (!parse_dec(b, &out.last) || out.last < out.first) {
+    return Status::invalid("Range '" + value.substr(0, 80) + "' is malformed");
+  }
+  if (out.first >= size) return Status::not_found("range starts past the end");
+  out.last = std::min(out.last, size - 1);
+  return out;
+}
+
+Result<std::string> origin_from(const char* dragonfly_registry, const char* ns) {
+  std::string url;
+  if (dragonfly_registry && *dragonfly_registry) {
+    url = dragonfly_registry;
+  } else if (ns && *ns) {
+    url = std::string("https://") + ns;
+  } else {
+    return std::string();
+  }
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  const bool http = url.rfind("http://", 0) == 0, https = url.rfind("https://", 0) == 0;
+  if (!http && !https) return Status::invalid("origin '" + url.substr(0, 80) + "' is not an http(s) URL");
+  const std::string authority = url.substr(http ? 7 : 8);
+  if (authority.empty() || authority.size() > 255) return Status::invalid("origin URL has no host");
+  for (char c : authority)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == ':' || c == '[' || c == ']' ||
+          c == '_'))
+      return Status::invalid("origin '" + url.substr(0, 80) + "' must be scheme://host[:port]");
+  return url;
+}
+
+struct PeerServer::Impl {
+  P2pNode& node;
+  MHD_Daemon* mhd = nullptr;
+  uint16_t port = 0;
+
+  explicit Impl(P2pNode& n) : node(n) {}
+
+  static MHD_Result on_access(void* cls, MHD_Connection* conn, const char* url, const char* method,
+                              const char*, const char*, size_t* upload_data_size, void** con_cls) noexcept {
+    // First call: headers only. Bodies are not accepted (GET/HEAD).
+    if (*con_cls == nullptr) {
+      static int marker;
+      *con_cls = &marker;
+      return MHD_YES;
+    }
+    if (*upload_data_size != 0) {
+      *upload_data_size = 0;  // discard
+      return MHD_YES;
+    }
+    try {
+      return static_cast<Impl*>(cls)->handle(conn, url ? url : "", method ? method : "");
+    } catch (const std::exception& e) {
+      LOG_ERROR("p2p server: %s", e.what());
+      return MHD_NO;
+    }
+  }
+
+  static MHD_Result text(MHD_Connection* conn, unsigned status, const std::string& body) {
+    MHD_Response* r =
+        MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain");
+    MHD_Result ret = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return ret;
+  }
+
+  MHD_Result refuse(MHD_Connection* conn, unsigned status, const std::string& why) {
+    node.metrics().upload_errors.fetch_add(1, std::memory_order_relaxed);
+    return text(conn, status, why + "\n");
+  }
+
+  MHD_Result handle(MHD_Connection* conn, const std::string& path, const std::string& method) {
+    const bool head = method == "HEAD";
+    if (method != "GET" && !head) return refuse(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
+    if (path == "/server/ping" || path == "/healthy") return text(conn, MHD_HTTP_OK, "");
+    auto target = parse_blob_path(path);
+    if (!target.ok() && target.status().code() == Code::kInvalidInput)
+      return refuse(conn, MHD_HTTP_BAD_REQUEST, target.status().message());
+    auto origin = origin_from(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Dragonfly-Registry"),
+                              MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "ns"));
+    if (!origin.ok()) return refuse(conn, MHD_HTTP_BAD_REQUEST, origin.status().message());
+    const char* auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!target.ok()) {
+      if (path.rfind("/v2/", 0) == 0 || path == "/v2") return passthrough(conn, method, path, *origin, auth);
+      return refuse(conn, MHD_HTTP_NOT_FOUND, "no such route");
+    }
+    BlobLocation loc{*origin, target->repo, target->digest, auth ? auth : ""};
+    return serve_blob(conn, loc, head);
+  }
+
+  MHD_Result serve_blob(MHD_Connection* conn, const BlobLocation& loc, bool head) {
+    long origin_status = 0;
+    auto blob = node.stored_blob(loc.digest, [&]() -> Result<uint64_t> {
+      if (loc.registry.empty())
+        return Status::not_found("blob not held here and no origin named (X-Dragonfly-Registry or ?ns=)");
+      return node.client().origin_size(loc, &origin_status);
+    });
+    if (!blob.ok()) {
+      unsigned status = MHD_HTTP_BAD_GATEWAY;
+      if (blob.status().code() == Code::kNotFound) status = MHD_HTTP_NOT_FOUND;
+      else if (origin_status == 401 || origin_status == 403) status = static_cast<unsigned>(origin_status);
+      else if (blob.status().code() == Code::kInvalidInput) status = MHD_HTTP_BAD_REQUEST;
+      return refuse(conn, status, blob.status().message());
+    }
+    const uint64_t size = (*blob)->size();
+    if (head) {
+      MHD_Response* r = MHD_create_response_from_callback(size, 4096, &no_body, nullptr, nullptr);
+      if (!r) return MHD_NO;
+      MHD_add_response_header(r, "Docker-Content-Digest", ("sha256:" + loc.digest).c_str());
+      MHD_add_response_header(r, "Accept-Ranges", "bytes");
+      MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, r);
+      MHD_destroy_response(r);
+      return ret;
+    }
+    ByteSpan span{0, size == 0 ? 0 : size - 1};
+    bool ranged = false;
+    if (const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE)) {
+      auto parsed = parse_range_header(range, size);
+      if (!parsed.ok()) {
+        if (parsed.status().code() == Code::kInvalidInput)
+          return refuse(conn, MHD_HTTP_BAD_REQUEST, parsed.status().message());
+        MHD_Response* r = MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
+        if (!r) return MHD_NO;
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_RANGE, ("bytes */" + std::to_string(size)).c_str());
+        node.metrics().upload_errors.fetch_add(1, std::memory_order_relaxed);
+        MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE, r);
+        MHD_destroy_response(r);
+        return ret;
+      }
+      span = *parsed;
+      ranged = true;
+    }
+    const uint64_t length = size == 0 ? 0 : span.last - span.first + 1;
+    P2pMetrics& m = node.metrics();
+    m.upload_requests.fetch_add(1, std::memory_order_relaxed);
+    PeerUpload& upload = m.upload(client_address(conn));
+    upload.requests.fetch_add(1, std::memory_order_relaxed);
+
+    MHD_Response* r = nullptr;
+    if ((*blob)->is_ready(span.first, length)) {
+      m.owner_hits.fetch_add(1, std::memory_order_relaxed);
+      const int fd = dup((*blob)->data_fd());
+      if (fd < 0) return refuse(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot dup the piece file");
+      r = MHD_create_response_from_fd_at_offset64(length, fd, span.first);  // sendfile; MHD closes fd
+      if (!r) {
+        close(fd);
+        return MHD_NO;
+      }
+      m.upload_bytes.fetch_add(length, std::memory_order_relaxed);
+      upload.bytes.fetch_add(length, std::memory_order_relaxed);
+    } else {
+      if (loc.registry.empty()) return refuse(conn, MHD_HTTP_NOT_FOUND, "range not held here and no origin named");
+      m.owner_misses.fetch_add(1, std::memory_order_relaxed);
+      auto stream = std::make_unique<Stream>();
+      stream->blob = *blob;
+      stream->first = span.first;
+      stream->length = length;
+      stream->metrics = &m;
+      stream->upload = &upload;
+      stream->fetch = std::make_shared<FetchState>();
+      start_fetch(*blob, loc, span.first, length, stream->fetch);
+      r = MHD_create_response_from_callback(length, kStreamBlock, &stream_block, stream.get(), &free_stream);
+      if (!r) return MHD_NO;
+      stream.release();  // MHD frees it through free_stream
+    }
+    MHD_add_response_header(r, "Docker-Content-Digest", ("sha256:" + loc.digest).c_str());
+    MHD_add_response_header(r, "Accept-Ranges", "bytes");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream");
+    if (ranged)
+      MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_RANGE,
+                              ("bytes " + std::to_string(span.first) + "-" + std::to_string(span.last) + "/" +
+                               std::to_string(size))
+                                  .c_str());
+    MHD_Result ret = MHD_queue_response(conn, ranged ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ret;
+  }
+
+  void start_fetch(std::shared_ptr<StoredBlob> blob, BlobLocation loc, uint64_t first, uint64_t length,
+                   std::shared_ptr<FetchState> state) {
+    P2pNode* n = &node;
+    node.submit([n, blob = std::move(blob), loc = std::move(loc), first, length, state = std::move(state)] {
+      auto fetch = [n, &loc](uint64_t off, uint64_t len, const StoredBlob::Sink& sink) -> Status {
+        n->metrics().origin_requests.fetch_add(1, std::memory_order_relaxed);
+        return n->client().fetch_origin(loc, off, len, [n, &sink](std::span<const uint8_t> bytes) {
+          n->metrics().origin_bytes.fetch_add(bytes.size(), std::memory_order_relaxed);
+          return sink(bytes);
+        });
+      };
+      Status s = blob->ensure(first, length, fetch, Clock::now() + kFetchDeadline);
+      if (!s.ok())
+        LOG_WARN("p2p: fetching %s [%llu, +%llu) from %s for a peer: %s", loc.digest.substr(0, 12).c_str(),
+                 static_cast<unsigned long long>(first), static_cast<unsigned long long>(length),
+                 loc.registry.c_str(), s.message().c_str());
+      state->finish(std::move(s));
+    });
+  }
+
+  MHD_Result passthrough(MHD_Connection* conn, const std::string& method, const std::string& path,
+                         const std::string& origin, const char* auth) {
+    if (origin.empty()) return refuse(conn, MHD_HTTP_BAD_REQUEST, "no origin named (X-Dragonfly-Registry or ?ns=)");
+    node.metrics().passthrough_requests.fetch_add(1, std::memory_order_relaxed);
+    std::vector<std::string> headers;
+    if (auth) headers.push_back(std::string("Authorization: ") + auth);
+    if (const char* accept = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT))
+      headers.push_back(std::string("Accept: ") + accept);
+    std::string url = origin + path;
+    std::string query;
+    MHD_get_connection_values(
+        conn, MHD_GET_ARGUMENT_KIND,
+        [](void* cls, MHD_ValueKind, const char* key, const char* value) -> MHD_Result {
+          auto* q = static_cast<std::string*>(cls);
+          if (std::strcmp(key, "ns") == 0) return MHD_YES;
+          *q += (q->empty() ? "?" : "&") + backend::url_encode(key) + (value ? "=" + backend::url_encode(value) : "");
+          return MHD_YES;
+        },
+        &query);
+    auto res = node.client().forward(method, url + query, std::move(headers));
+    if (!res.ok()) return refuse(conn, MHD_HTTP_BAD_GATEWAY, res.status().message());
+    MHD_Response* r = nullptr;
+    if (method == "HEAD") {
+      uint64_t length = 0;
+      const std::string* cl = res->header("content-length");
+      if (cl && !parse_dec(*cl, &length)) length = 0;
+      r = MHD_create_response_from_callback(length, 4096, &no_body, nullptr, nullptr);
+    } else {
+      r = MHD_create_response_from_buffer(res->body.size(), res->body.data(), MHD_RESPMEM_MUST_COPY);
+    }
+    if (!r) return MHD_NO;
+    for (const char* name : {"content-type", "docker-content-digest", "www-authenticate", "location",
+                             "docker-distribution-api-version", "etag"})
+      if (const std::string* v = res->header(name)) MHD_add_response_header(r, name, v->c_str());
+    MHD_Result ret = MHD_queue_response(conn, static_cast<unsigned>(res->status), r);
+    MHD_destroy_response(r);
+    return ret;
+  }
+};
+
+PeerServer::PeerServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+PeerServer::~PeerServer() {
+  if (impl_ && impl_->mhd) MHD_stop_daemon(impl_->mhd);
+}
+
+uint16_t PeerServer::port() const { return impl_->port; }
+
+namespace {
+void mhd_logger(void*, const char* fmt, va_list ap) {
+  char buf[512];
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  std::string line(buf);
+  while (!line.empty() && line.back() == '\n') line.pop_back();
+  LOG_DEBUG("p2p server (libmicrohttpd): %s", line.c_str());
+}
+}  // namespace
+
+Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node) {
+  NYDUS_ASSIGN(auto hp, split_host_port(node.config().listen, "p2p.listen"));
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+  unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+  if (MHD_is_feature_supported(MHD_FEATURE_POLL) == MHD_YES) flags |= MHD_USE_POLL;
+  if (hp.first.find(':') != std::string::npos) {
+    auto* a6 = reinterpret_cast<sockaddr_in6*>(&addr);
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons(hp.second);
+    if (inet_pton(AF_INET6, hp.first.c_str(), &a6->sin6_addr) != 1)
+      return Status::invalid("p2p.listen: '" + hp.first + "' is not an IPv6 address");
+    addr_len = sizeof(sockaddr_in6);
+    flags |= MHD_USE_IPv6;
+  } else {
+    auto* a4 = reinterpret_cast<sockaddr_in*>(&addr);
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons(hp.second);
+    if (inet_pton(AF_INET, hp.first.c_str(), &a4->sin_addr) != 1)
+      return Status::invalid("p2p.listen: '" + hp.first + "' is not an IPv4 address");
+    addr_len = sizeof(sockaddr_in);
+  }
+  (void)addr_len;
+  auto impl = std::make_unique<Impl>(node);
+  impl->mhd = MHD_start_daemon(flags, hp.second, nullptr, nullptr, &Impl::on_access, impl.get(),
+                               MHD_OPTION_EXTERNAL_LOGGER, &mhd_logger, nullptr,
+                               MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&addr),
+                               MHD_OPTION_CONNECTION_LIMIT, static_cast<unsigned>(node.config().upload_connections),
+                               MHD_OPTION_CONNECTION_TIMEOUT, 120u,
+                               MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+                               MHD_OPTION_END);
+  if (!impl->mhd) return Status::io("p2p: cannot listen on " + node.config().listen + " (address in use?)");
+  const MHD_DaemonInfo* info = MHD_get_daemon_info(impl->mhd, MHD_DAEMON_INFO_BIND_PORT);
+  impl->port = info ? info->port : hp.second;
+  LOG_INFO("p2p: peer server listening on %s", node.config().listen.c_str());
+  return std::unique_ptr<PeerServer>(new PeerServer(std::move(impl)));
+}
+
+}  // namespace nydus::p2p

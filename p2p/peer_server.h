@@ -1,0 +1,69 @@
+// PeerServer: the node's registry-protocol endpoint on its own TCP port
+// (libmicrohttpd, one thread per connection, so a handler may block while
+// the bytes it streams arrive from the origin).
+//
+// Routes:
+//   GET/HEAD /v2/<repo>/blobs/sha256:<digest>
+//       The origin is the X-Dragonfly-Registry header (a URL with scheme),
+//       else ?ns=<host> (https), as a Dragonfly dfdaemon mirror takes it;
+//       Authorization is passed on to the origin. HEAD answers the size.
+//       GET without Range is the whole blob (200); `Range: bytes=A-B`,
+//       `A-` or `-N` (one range) is 206 with Content-Range, 416 when it
+//       starts past the end. Bytes already in the piece store go out with
+//       sendfile; missing ones are fetched from the origin once (single-
+//       flight with every other asker, on this node or another) by a fetch
+//       worker and streamed to the asker as they arrive.
+//   GET /server/ping, GET /healthy: 200.
+//   Any other GET/HEAD under /v2/: passed to the origin unchanged (status,
+//       body, content headers), not cached.
+// Anything malformed (a digest that is not 64 hex digits, a repository
+// name with '..' or odd characters, a bad Range or origin) is 400 with a
+// one-line reason; other methods 405.
+//
+// Thread-safety: start() and the destructor from one thread.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+
+namespace nydus::p2p {
+
+class P2pNode;
+
+// A request target parsed: exposed for the fuzz target.
+struct BlobTarget {
+  std::string repo;
+  std::string digest;  // 64 hex digits
+};
+// "/v2/<repo>/blobs/sha256:<hex>" -> target; kNotFound when the path is not
+// a blob path at all, kInvalidInput when it is one but malformed.
+Result<BlobTarget> parse_blob_path(const std::string& path);
+
+// "bytes=A-B" / "bytes=A-" / "bytes=-N" against a blob of `size` bytes ->
+// [first, last]. kInvalidInput for a malformed or multi-range header,
+// kNotFound (answered 416) when it is unsatisfiable.
+struct ByteSpan {
+  uint64_t first = 0, last = 0;
+};
+Result<ByteSpan> parse_range_header(const std::string& value, uint64_t size);
+
+// Origin base URL from X-Dragonfly-Registry or ?ns=; "" when neither.
+// kInvalidInput when present but not an http(s)://host[:port] URL.
+Result<std::string> origin_from(const char* dragonfly_registry, const char* ns);
+
+class PeerServer {
+ public:
+  // Listens on config.listen. The node must outlive the server.
+  static Result<std::unique_ptr<PeerServer>> start(P2pNode& node);
+  ~PeerServer();
+  uint16_t port() const;
+
+ private:
+  struct Impl;
+  explicit PeerServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace nydus::p2p
