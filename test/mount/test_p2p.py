@@ -1,0 +1,279 @@
+"""Issue 11, "Must show": the embedded P2P backend, tested with real nydusd
+daemons in network namespaces (p2p_harness.py): a registry (Debian's
+docker-registry) behind a tc tbf link, nodes on a bridge, every node with its
+own cache, piece store and `p2p` config object.
+
+Every test checks every byte of every file it reads against the source tree
+and counts origin bytes at the registry (Cluster.origin_bytes(): blob body
+bytes from its log) against the image's unique bytes (the compressed sizes of
+its distinct chunks: what a cluster reading everything must pull once).
+
+Fault tests assert that the fault happened (the fault peer's own record, or a
+node's log naming the peer: see assert_fault_logged(), the one place that
+knows how the daemon words it) and that it cost no read and at most 10 %
+extra origin bytes.
+
+Select with `pytest test/mount -k p2p`; the harness's own tests are in
+test_p2p_harness.py.
+"""
+import concurrent.futures
+import subprocess
+import threading
+import time
+
+import pytest
+
+import p2p_harness as ph
+
+pytestmark = pytest.mark.p2p
+
+# Origin bytes may exceed the unique bytes by this factor: all nodes cold at
+# once (the issue's 1.02), and with a fault (10 % extra).
+COLD_FACTOR = 1.02
+FAULT_FACTOR = 1.10
+
+
+@pytest.fixture(autouse=True)
+def _tools():
+    ph.require_cluster_tools()
+
+
+def assert_fault_logged(nodes, peer, what):
+    """The daemon noticed trouble with `peer` ("ip:port"): some node's log has
+    a line that mentions p2p and the peer. The daemon's wording is not fixed
+    yet; adjust here (and only here) once it is."""
+    lines = [line for node in nodes for line in node.p2p_log_lines(peer)]
+    assert lines, (f"{what}: no node logged a p2p line naming {peer}; p2p lines:\n" +
+                   "\n".join(l for n in nodes for l in n.p2p_log_lines()[-20:]))
+    return lines
+
+
+def assert_origin_within(cluster, before, factor, what):
+    got = cluster.origin_bytes() - before
+    unique = cluster.unique_bytes
+    names = {n.ip: f"node{n.index}" for n in cluster.nodes}
+    names.update({p.ip: f"{p.mode}-peer" for p in cluster.fault_peers})
+    by_client = {names.get(ip, ip): b for ip, b in sorted(cluster.origin_bytes_by_client(settle=False).items())}
+    print(f"{what}: origin {got} bytes = {got / unique:.3f}x unique {unique}; by client (whole test) {by_client}")
+    assert got <= factor * unique, (f"{what}: the registry served {got} blob bytes, {got / unique:.3f}x the "
+                                    f"{unique} unique bytes (limit {factor}x); by client {by_client}")
+    return got
+
+
+def read_concurrently(nodes, orders=None):
+    """Starts every node's read_all(check=False) at once; returns the futures' pool and futures."""
+    pool = concurrent.futures.ThreadPoolExecutor(len(nodes))
+    barrier = threading.Barrier(len(nodes))
+
+    def one(i, node):
+        barrier.wait()
+        return node.read_all(check=False, order=None if orders is None else orders[i])
+
+    return pool, [pool.submit(one, i, n) for i, n in enumerate(nodes)]
+
+
+def assert_reports_ok(reports, nodes):
+    bad = [r for r in reports if not r.ok]
+    assert not bad, "\n".join(r.summary() for r in bad) + "\n" + "\n".join(
+        f"--- node {n.index} log tail:\n{n.log()[-2500:]}" for n in nodes if any(r.node == n.index for r in bad))
+
+
+# ---------------------------------------------------------------------------
+# Cold reads, all nodes at once
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_p2p_cold_cluster_pulls_each_byte_once(n):
+    """N nodes read the whole image at the same moment, in the same order
+    (every node wants the same unit at about the same time): every file
+    byte-exact on every node; the registry served <= 1.02x the unique bytes."""
+    with ph.Cluster(nodes=n) as c:
+        c.start_nodes()
+        start = time.monotonic()
+        reports = c.read_all()
+        elapsed = time.monotonic() - start
+        assert all(r.files == len(c.image.files) for r in reports)
+        print(f"{n} nodes: {elapsed:.2f}s, slowest node {max(r.seconds for r in reports):.2f}s")
+        assert_origin_within(c, 0, COLD_FACTOR, f"{n} nodes cold")
+
+
+# ---------------------------------------------------------------------------
+# Remote-peer hit and a restarted node's piece store
+
+
+def test_p2p_remote_peer_hit_needs_no_origin():
+    """A reads the image; then B, cut off from the registry, reads it all
+    from its peer: every file byte-exact, 0 origin bytes during B's read."""
+    with ph.Cluster(nodes=2) as c:
+        a, b = c.start_nodes()
+        a.read_all()
+        before = c.origin_bytes()
+        b.cut_registry()
+        b.read_all()
+        assert c.origin_bytes() - before == 0
+
+
+def test_p2p_restarted_node_serves_its_piece_store():
+    """A reads the image (the pieces end up in A's and B's piece stores: each
+    node fetches what it owns). A is stopped, its blob cache dropped (so
+    nothing but the piece store can answer for it) and started again; then
+    both are cut off from the registry and B reads everything: byte-exact,
+    0 origin bytes. B's own store cannot hold A's units, so A served them
+    from the store it kept across the restart."""
+    with ph.Cluster(nodes=2) as c:
+        a, b = c.start_nodes()
+        a.read_all()
+        assert a.stop() == 0
+        a.drop_blob_cache()
+        a.start()
+        before = c.origin_bytes()
+        a.cut_registry()
+        b.cut_registry()
+        b.read_all()
+        assert c.origin_bytes() - before == 0
+        # And A itself, restarted with an empty blob cache, reads from its store and B.
+        a.read_all()
+        assert c.origin_bytes() - before == 0
+
+
+# ---------------------------------------------------------------------------
+# Faults
+
+
+def test_p2p_owner_sigkilled_mid_transfer():
+    """Four nodes read at once; once the registry has sent ~15 % of the
+    unique bytes, the node that is pulling the most from the origin at that
+    moment (an owner fetching a unit the others wait for) is SIGKILLed. The
+    three others read everything byte-exact, no read fails, <= 10 % extra
+    origin bytes; they noticed the dead owner."""
+    with ph.Cluster(nodes=4) as c:
+        c.start_nodes()
+        link0 = c.link_tx_bytes()
+        pool, futures = read_concurrently(c.nodes)
+        deadline = time.monotonic() + 60
+        before = {n.index: n.origin_rx_bytes() for n in c.nodes}
+        victim = None
+        while victim is None:
+            assert time.monotonic() < deadline, "no node pulled from the origin"
+            assert not all(f.done() for f in futures), "reads ended before an owner could be killed"
+            time.sleep(0.01)
+            now = {n.index: n.origin_rx_bytes() for n in c.nodes}
+            if c.link_tx_bytes() - link0 >= 0.15 * c.unique_bytes:
+                pulling = [n for n in c.nodes if now[n.index] > before[n.index]]
+                if pulling:
+                    victim = max(pulling, key=lambda n: now[n.index] - before[n.index])
+            before = now
+        victim.kill()
+        survivors = [n for n in c.nodes if n is not victim]
+        print(f"killed node {victim.index} after {c.link_tx_bytes() - link0} link bytes")
+        reports = [f.result(timeout=180) for n, f in zip(c.nodes, futures) if n is not victim]
+        futures[victim.index].result(timeout=60)  # the victim's own reader: errors expected, not checked
+        pool.shutdown()
+        assert_reports_ok(reports, survivors)
+        assert_origin_within(c, 0, FAULT_FACTOR, "owner killed")
+        assert_fault_logged(survivors, victim.address, "owner SIGKILLed")
+
+
+def test_p2p_owner_port_closed():
+    """Four nodes in every peers list, one of them stopped (its port refuses
+    connections): the three others read byte-exact, <= 10 % extra origin."""
+    with ph.Cluster(nodes=4) as c:
+        c.start_nodes()
+        closed = c.nodes[3]
+        assert closed.stop() == 0
+        r = subprocess.run(["ip", "netns", "exec", c.nodes[0].ns, "curl", "-sS", "-m", "2", "-o", "/dev/null",
+                            f"http://{closed.address}/server/ping"], capture_output=True)
+        assert r.returncode == 7, r  # connection refused
+        c.read_all(c.nodes[:3])
+        assert_origin_within(c, 0, FAULT_FACTOR, "owner port closed")
+        assert_fault_logged(c.nodes[:3], closed.address, "owner port closed")
+
+
+@pytest.mark.parametrize("corrupt", ["flip", "wrong"])
+def test_p2p_byzantine_peer(corrupt):
+    """A peer in every peers list serves wrong bytes of the right length
+    (1 % of bits flipped, or another blob): it was asked, and what it served
+    never reached a reader: byte-exact, <= 10 % extra origin bytes."""
+    with ph.Cluster(nodes=3) as c:
+        byz = c.byzantine_peer(corrupt=corrupt)
+        c.start_nodes()
+        c.read_all()
+        assert byz.served_bytes() > 0, "the byzantine peer was never asked"
+        assert_origin_within(c, 0, FAULT_FACTOR, f"byzantine peer ({corrupt})")
+        assert_fault_logged(c.nodes, byz.address, "byzantine peer")
+
+
+def test_p2p_stalling_peer():
+    """A peer in every peers list accepts connections and never answers:
+    reads cost one short deadline per attempt, never fail; <= 10 % extra."""
+    with ph.Cluster(nodes=3) as c:
+        stall = c.stalling_peer()
+        c.start_nodes()
+        start = time.monotonic()
+        c.read_all()
+        elapsed = time.monotonic() - start
+        assert stall.connections() > 0, "the stalling peer was never asked"
+        print(f"stalling peer: {elapsed:.2f}s, {stall.connections()} connections held")
+        assert_origin_within(c, 0, FAULT_FACTOR, "stalling peer")
+        assert_fault_logged(c.nodes, stall.address, "stalling peer")
+
+
+def test_p2p_dns_membership_changes_under_load():
+    """Four nodes find their peers by DNS (peers_dns, dnsmasq answering
+    nodes.p2p.test); while they all read, the answer changes every 0.4 s
+    (nodes added and removed). Every read byte-exact, <= 10 % extra origin
+    bytes; the nodes did re-resolve during the reads (dnsmasq's query log)."""
+    ph.require_cluster_tools(dns=True)
+    with ph.Cluster(nodes=4, peers="dns", rate="50mbit",
+                    p2p_extra={"dns_refresh_ms": 200}) as c:
+        nodes = c.nodes
+        dns = c.dns(nodes[:2])
+        c.start_nodes()
+        answers = [nodes[:3], nodes, nodes[1:], [nodes[0], nodes[2], nodes[3]], nodes[2:], nodes]
+        pool, futures = read_concurrently(nodes)
+        changes = []
+        i = 0
+        while not all(f.done() for f in futures):
+            time.sleep(0.4)
+            dns.set(answers[i % len(answers)])
+            changes.append(time.time())
+            i += 1
+        reports = [f.result() for f in futures]
+        pool.shutdown()
+        assert_reports_ok(reports, nodes)
+        assert len(changes) >= 3, f"the reads took {len(changes) * 0.4:.1f}s: too short to change DNS under load"
+        assert_origin_within(c, 0, FAULT_FACTOR, "DNS membership changes")
+        asked = {}
+        for _, client, name in dns.queries(since=changes[0]):
+            if name == ph.NODES_NAME:
+                asked[client] = asked.get(client, 0) + 1
+        assert all(asked.get(n.ip, 0) >= 2 for n in nodes), f"queries after the first change: {asked}"
+
+
+# ---------------------------------------------------------------------------
+# The peer endpoint with a stock client
+
+
+def test_p2p_endpoint_serves_ranges_to_curl():
+    """curl with Range and X-Dragonfly-Registry (and with ?ns=) against a
+    node's peer port gets exactly the blob's bytes; /server/ping and /healthy
+    answer 200."""
+    with ph.Cluster(nodes=2) as c:
+        a, b = c.start_nodes()
+        a.read_all()
+        blob = c.image.blob_path.read_bytes()
+        path = f"/v2/{c.repo}/blobs/sha256:{c.image.digest}"
+        for first, last in [(0, 0), (1000, 1048575 + 5000), (len(blob) - 4096, len(blob) - 1)]:
+            r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-f", "-D", "/dev/stderr", "-o", "-",
+                                "-r", f"{first}-{last}", "-H", f"X-Dragonfly-Registry: {c.registry_url}",
+                                f"http://{a.address}{path}"], capture_output=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == blob[first:last + 1], (first, last, len(r.stdout))
+            assert f"content-range: bytes {first}-{last}/{len(blob)}" in r.stderr.decode().lower()
+        r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-f", "-o", "-", "-r", "4096-8191",
+                            f"http://{a.address}{path}?ns={c.registry_host}"], capture_output=True, timeout=30)
+        assert r.returncode == 0 and r.stdout == blob[4096:8192], r.stderr
+        for ping in ("/server/ping", "/healthy"):
+            r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                f"http://{a.address}{ping}"], capture_output=True, timeout=10)
+            assert r.stdout == b"200", (ping, r)
