@@ -52,6 +52,10 @@ def pytest_configure(config):
         "markers",
         "once: run on one build only (test/run_all.sh: the release build, not again under ASan+UBSan): "
         "the test runs no daemon or builder code, or only measures its timing")
+    config.addinivalue_line(
+        "markers",
+        "p2p: multi-daemon P2P tests in network namespaces (test_p2p.py, test_p2p_harness.py); "
+        "select with -m p2p or -k p2p")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -45,7 +45,7 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
       cut_registry(), restore_registry()   this node only; failures are immediate
       origin_rx_bytes()                  live bytes received on its registry connections
       metrics() -> GET /api/v1/metrics/backend (dict), api(path)
-      log(), p2p_log_lines(peer=None)
+      log(), p2p_log_lines(peer=None, since=None)
       drop_blob_cache()                  empty the blob cache, keep the piece store
   Dns: set(nodes_or_ips), queries(since=0) -> [(client ip, name)]
   FaultPeer: .address, .ip, .events(), .served_bytes(), .connections(), stop()
@@ -57,6 +57,7 @@ its mount is not in the host's mount table. Readers reach it through
 namespace; when nydusd dies, the namespace and the mount go with it.
 """
 import atexit
+import calendar
 import collections
 import concurrent.futures
 import contextlib
@@ -711,15 +712,27 @@ class Node:
     def stdout(self):
         return "".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("stdout-*.log")))
 
-    def p2p_log_lines(self, peer=None):
+    def p2p_log_lines(self, peer=None, since=None):
         """Log lines (nydusd log and stdout) that mention p2p (any case) and,
-        if given, the peer ("ip:port"; its bare ip matches too)."""
+        if given, the peer ("ip:port"; its bare ip matches too). With `since`
+        (a time.time() value) only lines stamped at or after it (the log's
+        leading UTC timestamp; lines without one are kept)."""
         lines = (self.log() + "\n" + self.stdout()).splitlines()
         out = [l for l in lines if "p2p" in l.lower()]
         if peer is not None:
             ip = peer.rsplit(":", 1)[0]
             out = [l for l in out if peer in l or re.search(rf"(?<![\d.]){re.escape(ip)}(?![\d])", l)]
+        if since is not None:
+            out = [l for l in out if _log_time(l) is None or _log_time(l) >= since - 0.001]
         return out
+
+
+def _log_time(line):
+    """Epoch seconds of a log line's leading "2026-12-05T14:01:30.909850Z", or None."""
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z", line)
+    if not m:
+        return None
+    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + float(m.group(2) or 0)
 
 
 # ---------------------------------------------------------------------------
