@@ -2,10 +2,9 @@
 # Builds the libFuzzer targets with clang (+ASan/UBSan) and runs each for a
 # bounded time, seeded with the upstream fixtures. Usage:
 #   test/run_fuzz.sh [seconds-per-target]   (default 60)
+#   test/run_fuzz.sh --build-only           (set up and build, run nothing)
 # Environment:
-#   FUZZ_BUILD  build directory (default build-fuzz; set up here if missing).
-#               test/run_all.sh passes its clang ASan+UBSan build, which has
-#               the fuzz targets too.
+#   FUZZ_BUILD  build directory (default build-fuzz; set up here if missing)
 #   FUZZ_JOBS   targets run at the same time (default 2)
 # Every target the build defines (test/meson.build's fuzz_targets) is run.
 # Exit status is non-zero if any target finds a crash.
@@ -25,6 +24,7 @@ if ((${#targets[@]} == 0)); then
   echo "no fuzz targets in $build (configure it with -Dfuzz=true and clang)"; exit 1
 fi
 ninja -C "$build" "${targets[@]/#/test/}" >/dev/null
+[[ $seconds == --build-only ]] && exit 0
 
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
