@@ -38,6 +38,14 @@ class BlobReader {
     (void)length;
   }
 
+  // The bytes [offset, offset + length) this reader returned were verified
+  // (digest matched). Readers that hold untrusted bytes back until they are
+  // verified (peers) may keep them from now on; the others ignore it.
+  virtual void report_good(uint64_t offset, uint64_t length) {
+    (void)offset;
+    (void)length;
+  }
+
   // Reads exactly dst.size() bytes, looping over short reads. Reaching the
   // end of the blob first is a kIo error naming the offset.
   Status read_exact(uint64_t offset, std::span<uint8_t> dst);

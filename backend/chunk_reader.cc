@@ -513,11 +513,14 @@ Status ChunkReader::decode_checked(const ChunkRef& chunk, std::span<const uint8_
 Status ChunkReader::decode_and_verify(const ChunkRef& chunk, std::span<const uint8_t> raw,
                                       std::span<uint8_t> out, bool from_network) {
   Status s = decode_checked(chunk, raw, out, from_network);
-  if (!s.ok() && s.code() == Code::kCorrupt && from_network) {
-    // Tell the reader which bytes were wrong, so that a relaying backend
-    // (P2P) drops them and does not ask their source again.
-    if (auto reader = reader_for(chunk.blob_index); reader.ok())
-      (*reader)->report_bad(chunk.compressed_offset, chunk.compressed_size);
+  // Tell the reader which fetched bytes were wrong (a relaying backend, P2P,
+  // drops them and does not ask their source again) and which were proven
+  // right (it may keep and share those).
+  if (from_network && (s.ok() ? verify_wanted(true) : s.code() == Code::kCorrupt)) {
+    if (auto reader = reader_for(chunk.blob_index); reader.ok()) {
+      if (s.ok()) (*reader)->report_good(chunk.compressed_offset, chunk.compressed_size);
+      else (*reader)->report_bad(chunk.compressed_offset, chunk.compressed_size);
+    }
   }
   return s;
 }

@@ -22,13 +22,20 @@ constexpr auto kOriginDeadline = std::chrono::seconds(120);
 // Largest piece of an origin fetch handed to the store at once, so that
 // peers streaming the same range see bytes before the whole range is in.
 constexpr uint64_t kOriginPiece = 256 * 1024;
-// Recent peer answers remembered for report_bad().
-constexpr size_t kRecentAnswers = 256;
 
+// Bytes a peer sent, held back from the piece store until the chunk
+// reader has verified them (report_good), so that this node never relays a
+// byte that failed, or has not yet passed, verification.
 struct PeerAnswer {
-  uint64_t offset = 0, end = 0;
+  uint64_t offset = 0, end = 0;  // granule-aligned (end may be the blob's end)
   std::string peer;
+  std::vector<uint8_t> bytes;
+  std::vector<std::pair<uint64_t, uint64_t>> verified;  // [begin, end) ranges, merged
+  uint64_t stored_to = 0;  // granules below this offset are in the store (from `offset`)
 };
+// Bounds of the held-back answers: verified bytes of older answers that
+// never complete a granule are simply not kept.
+constexpr size_t kMaxHeldAnswers = 64;
 
 class PeerReader final : public backend::BlobReader {
  public:
@@ -65,7 +72,10 @@ class PeerReader final : public backend::BlobReader {
     const uint64_t g = node_.store().granule_size();
     const uint64_t first = offset / g * g;
     const uint64_t end = std::min(size, (offset + length + g - 1) / g * g);
-    for (const std::string& peer : node_.owners(loc_.digest, unit, cfg.max_candidates)) {
+    const std::vector<std::string> owners =
+        take_origin_only(offset, offset + length) ? std::vector<std::string>{}
+                                                  : node_.owners(loc_.digest, unit, cfg.max_candidates);
+    for (const std::string& peer : owners) {
       if (peer == node_.self()) break;  // this node owns it next: go to the origin
       std::vector<uint8_t> buf(end - first);
       node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
@@ -82,11 +92,9 @@ class PeerReader final : public backend::BlobReader {
         continue;
       }
       count(counters, buf.size(), asked, true);
-      remember(first, end, peer);
-      if (Status w = blob->write(first, buf); !w.ok())
-        LOG_DEBUG("p2p: keeping peer bytes of %s in the store: %s", loc_.digest.substr(0, 12).c_str(),
-                  w.message().c_str());
+      node_.membership().report_success(peer);
       std::memcpy(dst.data(), buf.data() + (offset - first), length);
+      hold(first, end, peer, std::move(buf));
       return static_cast<size_t>(length);
     }
 
@@ -112,15 +120,37 @@ class PeerReader final : public backend::BlobReader {
     std::vector<std::string> culprits;
     {
       std::lock_guard<std::mutex> g(mu_);
-      for (const PeerAnswer& a : recent_)
-        if (a.offset < offset + length && offset < a.end) culprits.push_back(a.peer);
+      for (auto it = held_.begin(); it != held_.end();) {
+        if (it->offset < offset + length && offset < it->end) {
+          culprits.push_back(it->peer);
+          it = held_.erase(it);
+        } else {
+          ++it;
+        }
+      }
     }
-    if (auto blob = node_.store().find(loc_.digest)) blob->invalidate(offset, length);
-    for (const std::string& peer : culprits) {
+    // Bytes that came from the store itself (a damaged file) go too.
+    if (culprits.empty())
+      if (auto blob = node_.store().find(loc_.digest)) blob->invalidate(offset, length);
+    // One source: it sent wrong bytes, out for the long backoff. Bytes of
+    // one chunk from two sources (the chunk crosses a unit boundary): which
+    // part was wrong is unknown, so neither is demoted; the chunk's next
+    // fetch goes to the origin, and a liar is caught by its next
+    // single-source answer.
+    std::sort(culprits.begin(), culprits.end());
+    culprits.erase(std::unique(culprits.begin(), culprits.end()), culprits.end());
+    if (culprits.size() == 1) {
       LOG_WARN("p2p: bytes [%llu, +%llu) of blob %s from peer %s failed verification; dropping them and demoting the peer",
                static_cast<unsigned long long>(offset), static_cast<unsigned long long>(length),
-               loc_.digest.substr(0, 12).c_str(), peer.c_str());
-      node_.membership().report_failure(peer, true);
+               loc_.digest.substr(0, 12).c_str(), culprits[0].c_str());
+      node_.membership().report_failure(culprits[0], true);
+    } else if (culprits.size() > 1) {
+      LOG_WARN("p2p: bytes [%llu, +%llu) of blob %s from peers %s and %s failed verification; fetching them from the origin",
+               static_cast<unsigned long long>(offset), static_cast<unsigned long long>(length),
+               loc_.digest.substr(0, 12).c_str(), culprits[0].c_str(), culprits[1].c_str());
+      std::lock_guard<std::mutex> g(mu_);
+      origin_only_.push_back({offset, offset + length});
+      if (origin_only_.size() > kMaxHeldAnswers) origin_only_.pop_front();
     }
     if (culprits.empty())
       LOG_WARN("p2p: bytes [%llu, +%llu) of blob %s failed verification; dropped from the piece store",
@@ -128,22 +158,68 @@ class PeerReader final : public backend::BlobReader {
                loc_.digest.substr(0, 12).c_str());
   }
 
+  // Verified bytes of a held-back peer answer: the granules they complete
+  // go into the store (and can be served to other nodes from now on).
+  void report_good(uint64_t offset, uint64_t length) override {
+    std::shared_ptr<StoredBlob> blob;
+    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> to_store;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      blob = blob_;
+      if (!blob) return;
+      const uint64_t granule = node_.store().granule_size();
+      for (auto it = held_.begin(); it != held_.end();) {
+        PeerAnswer& a = *it;
+        if (!(a.offset < offset + length && offset < a.end)) {
+          ++it;
+          continue;
+        }
+        add_range(a.verified, std::max(offset, a.offset), std::min(offset + length, a.end));
+        // The verified prefix from stored_to on, cut at a granule boundary
+        // (or the answer's end).
+        uint64_t covered = a.offset + a.stored_to;
+        for (const auto& [b, e] : a.verified)
+          if (b <= covered && e > covered) covered = e;
+        uint64_t upto = covered == a.end ? a.end : covered / granule * granule;
+        if (upto > a.offset + a.stored_to) {
+          const uint64_t from = a.offset + a.stored_to;
+          to_store.emplace_back(from, std::vector<uint8_t>(a.bytes.begin() + static_cast<ptrdiff_t>(from - a.offset),
+                                                           a.bytes.begin() + static_cast<ptrdiff_t>(upto - a.offset)));
+          a.stored_to = upto - a.offset;
+        }
+        if (a.offset + a.stored_to >= a.end) it = held_.erase(it);
+        else ++it;
+      }
+    }
+    for (const auto& [from, bytes] : to_store)
+      if (Status w = blob->write(from, bytes); !w.ok())
+        LOG_DEBUG("p2p: keeping verified peer bytes of %s: %s", loc_.digest.substr(0, 12).c_str(), w.message().c_str());
+  }
+
  private:
-  // The store's entry for the blob, its size learnt from a peer (the unit-0
-  // owners) or the origin when the store does not know the blob.
+  // The store's entry for the blob. A blob the store does not know yet
+  // gets its size from the origin (a HEAD: no body bytes), and only when
+  // the origin cannot answer from the unit-0 owners: a peer's word on the
+  // size is untrusted (a wrong size would make every honest peer's answer
+  // look wrong), so it is taken only when there is nothing better.
   Result<std::shared_ptr<StoredBlob>> stored() {
     {
       std::lock_guard<std::mutex> g(mu_);
       if (blob_) return blob_;
     }
     auto blob = node_.stored_blob(loc_.digest, [this]() -> Result<uint64_t> {
+      auto size = origin_->size();
+      if (size.ok() || size.status().code() == Code::kNotFound) return size;
       for (const std::string& peer : node_.owners(loc_.digest, 0, node_.config().max_candidates)) {
-        if (peer == node_.self()) break;
-        auto size = node_.client().fetch_size(peer, loc_);
-        if (size.ok()) return size;
-        node_.membership().report_failure(peer, false);
+        if (peer == node_.self()) continue;
+        auto from_peer = node_.client().fetch_size(peer, loc_);
+        if (from_peer.ok()) {
+          LOG_INFO("p2p: blob %s: origin unavailable (%s); size %llu from peer %s", loc_.digest.substr(0, 12).c_str(),
+                   size.status().message().c_str(), static_cast<unsigned long long>(*from_peer), peer.c_str());
+          return from_peer;
+        }
       }
-      return origin_->size();
+      return size;
     });
     if (!blob.ok()) return blob.status();
     std::lock_guard<std::mutex> g(mu_);
@@ -151,10 +227,34 @@ class PeerReader final : public backend::BlobReader {
     return blob_;
   }
 
-  void remember(uint64_t offset, uint64_t end, const std::string& peer) {
+  // True (and forgotten) when [offset, end) overlaps a range whose bytes
+  // must come from the origin next time.
+  bool take_origin_only(uint64_t offset, uint64_t end) {
     std::lock_guard<std::mutex> g(mu_);
-    recent_.push_back({offset, end, peer});
-    if (recent_.size() > kRecentAnswers) recent_.pop_front();
+    const size_t before = origin_only_.size();
+    std::erase_if(origin_only_, [&](const std::pair<uint64_t, uint64_t>& r) { return r.first < end && offset < r.second; });
+    return origin_only_.size() != before;
+  }
+
+  void hold(uint64_t offset, uint64_t end, const std::string& peer, std::vector<uint8_t> bytes) {
+    std::lock_guard<std::mutex> g(mu_);
+    // A newer answer supersedes older ones for the same bytes (the chunk
+    // reader fetched them again): only the newest can be to blame.
+    std::erase_if(held_, [&](const PeerAnswer& a) { return a.offset < end && offset < a.end; });
+    held_.push_back(PeerAnswer{offset, end, peer, std::move(bytes), {}, 0});
+    if (held_.size() > kMaxHeldAnswers) held_.pop_front();
+  }
+
+  // Adds [b, e) to a sorted list of disjoint ranges, merging touching ones.
+  static void add_range(std::vector<std::pair<uint64_t, uint64_t>>& ranges, uint64_t b, uint64_t e) {
+    ranges.emplace_back(b, e);
+    std::sort(ranges.begin(), ranges.end());
+    std::vector<std::pair<uint64_t, uint64_t>> merged;
+    for (const auto& r : ranges) {
+      if (!merged.empty() && r.first <= merged.back().second) merged.back().second = std::max(merged.back().second, r.second);
+      else merged.push_back(r);
+    }
+    ranges = std::move(merged);
   }
 
   void count(backend::SourceCounters& c, uint64_t bytes, Clock::time_point start, bool ok) {
@@ -175,7 +275,8 @@ class PeerReader final : public backend::BlobReader {
   backend::SourceCounters& store_counters_;
   std::mutex mu_;
   std::shared_ptr<StoredBlob> blob_;  // pinned while the reader lives
-  std::deque<PeerAnswer> recent_;
+  std::deque<PeerAnswer> held_;  // peer answers not yet verified whole
+  std::deque<std::pair<uint64_t, uint64_t>> origin_only_;  // [begin, end) to fetch from the origin next
 };
 
 class PeerBackend final : public backend::BlobBackend {

@@ -60,6 +60,9 @@ Status PeerClient::fetch_range(const std::string& peer, const BlobLocation& blob
   if (dst.empty()) return Status::Ok();
   backend::HttpRequest req = peer_request(peer, blob, "GET");
   req.headers.push_back(range_header(offset, dst.size()));
+  // Lets an owner that has not met the blob yet answer before it asked the
+  // origin for the size (p2p/peer_server.cc).
+  req.headers.push_back("X-Nydus-Blob-Size: " + std::to_string(blob_size));
   req.sink = dst;
   NYDUS_ASSIGN(const backend::HttpResponse res, peers_.perform(req));
   const std::string where = "peer " + peer + " blob " + blob.digest.substr(0, 12);
@@ -77,6 +80,8 @@ Status PeerClient::fetch_range(const std::string& peer, const BlobLocation& blob
 
 Result<uint64_t> PeerClient::fetch_size(const std::string& peer, const BlobLocation& blob) {
   backend::HttpRequest req = peer_request(peer, blob, "HEAD");
+  // The peer may have to ask the origin first: allow it the stall time.
+  req.first_byte_timeout = milliseconds(config_.peer_stall_ms);
   NYDUS_ASSIGN(const backend::HttpResponse res, peers_.perform(req));
   if (res.status == 404) return Status::not_found("peer " + peer + ": blob " + blob.digest + " not found");
   if (res.status != 200) return Status::io("peer " + peer + ": HEAD answered " + std::to_string(res.status));

@@ -23,6 +23,8 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr size_t kStreamBlock = 256 * 1024;
+// The blob size a peer expects (PeerClient sends it; see serve_blob).
+constexpr const char* kSizeHintHeader = "X-Nydus-Blob-Size";
 // How long a streaming upload waits for the next byte before giving up.
 constexpr auto kStreamStall = std::chrono::seconds(30);
 // How long an origin fetch for an asker may take in all.
@@ -61,11 +63,24 @@ struct FetchState {
   std::condition_variable cv;
   bool done = false;
   Status status;
+  std::shared_ptr<StoredBlob> blob;  // set once the store entry exists
   void finish(Status s) {
     std::lock_guard<std::mutex> g(mu);
     done = true;
     status = std::move(s);
     cv.notify_all();
+  }
+  void set_blob(std::shared_ptr<StoredBlob> b) {
+    std::lock_guard<std::mutex> g(mu);
+    blob = std::move(b);
+    cv.notify_all();
+  }
+  // The store entry, waiting for the worker to create it; null when the
+  // worker failed first or `deadline` passed.
+  std::shared_ptr<StoredBlob> wait_blob(Clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait_until(lock, deadline, [&] { return blob != nullptr || done; });
+    return blob;
   }
   bool failed() {
     std::lock_guard<std::mutex> g(mu);
@@ -92,6 +107,11 @@ ssize_t stream_block(void* cls, uint64_t pos, char* buf, size_t max) {
   const uint64_t offset = st->first + pos;
   const uint64_t want = std::min<uint64_t>(max, st->length - pos);
   const Clock::time_point give_up = Clock::now() + kStreamStall;
+  if (!st->blob) st->blob = st->fetch->wait_blob(give_up);  // answered on the asker's size hint
+  if (!st->blob) {
+    st->metrics->upload_errors.fetch_add(1, std::memory_order_relaxed);
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+  }
   for (;;) {
     auto ready = st->blob->wait_ready(offset, want, std::min(give_up, Clock::now() + milliseconds(50)));
     if (ready.ok()) {
@@ -250,12 +270,26 @@ struct PeerServer::Impl {
   }
 
   MHD_Result serve_blob(MHD_Connection* conn, const BlobLocation& loc, bool head) {
+    // A blob the store does not know needs its size from the origin before
+    // the answer's Content-Range can be written. A peer asking tells the
+    // size it expects (kSizeHintHeader); then the answer goes out at once
+    // and the fetch worker checks the hint against the origin before any
+    // byte is sent, so an origin round trip through a busy link never eats
+    // the asker's response deadline. A wrong hint only fails that answer.
+    std::shared_ptr<StoredBlob> known = node.store().find(loc.digest);
+    uint64_t hint = 0;
+    if (!known && !head && !loc.registry.empty())
+      if (const char* h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kSizeHintHeader); h && parse_dec(h, &hint) &&
+          hint > 0)
+        return serve_unknown_blob(conn, loc, hint);
     long origin_status = 0;
-    auto blob = node.stored_blob(loc.digest, [&]() -> Result<uint64_t> {
-      if (loc.registry.empty())
-        return Status::not_found("blob not held here and no origin named (X-Dragonfly-Registry or ?ns=)");
-      return node.client().origin_size(loc, &origin_status);
-    });
+    auto blob = known ? Result<std::shared_ptr<StoredBlob>>(known)
+                      : node.stored_blob(loc.digest, [&]() -> Result<uint64_t> {
+                          if (loc.registry.empty())
+                            return Status::not_found(
+                                "blob not held here and no origin named (X-Dragonfly-Registry or ?ns=)");
+                          return node.client().origin_size(loc, &origin_status);
+                        });
     if (!blob.ok()) {
       unsigned status = MHD_HTTP_BAD_GATEWAY;
       if (blob.status().code() == Code::kNotFound) status = MHD_HTTP_NOT_FOUND;
@@ -337,10 +371,61 @@ struct PeerServer::Impl {
     return ret;
   }
 
+  // serve_blob for a blob the store does not hold, on the asker's size
+  // hint (a ranged GET only).
+  MHD_Result serve_unknown_blob(MHD_Connection* conn, const BlobLocation& loc, uint64_t size) {
+    const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
+    if (!range) return refuse(conn, MHD_HTTP_BAD_REQUEST, std::string(kSizeHintHeader) + " needs a Range");
+    auto span = parse_range_header(range, size);
+    if (!span.ok()) return refuse(conn, MHD_HTTP_BAD_REQUEST, span.status().message());
+    const uint64_t length = span->last - span->first + 1;
+    P2pMetrics& m = node.metrics();
+    m.upload_requests.fetch_add(1, std::memory_order_relaxed);
+    m.owner_misses.fetch_add(1, std::memory_order_relaxed);
+    PeerUpload& upload = m.upload(client_address(conn));
+    upload.requests.fetch_add(1, std::memory_order_relaxed);
+    auto stream = std::make_unique<Stream>();
+    stream->first = span->first;
+    stream->length = length;
+    stream->metrics = &m;
+    stream->upload = &upload;
+    stream->fetch = std::make_shared<FetchState>();
+    start_fetch(nullptr, loc, span->first, length, stream->fetch, size);
+    MHD_Response* r = MHD_create_response_from_callback(length, kStreamBlock, &stream_block, stream.get(), &free_stream);
+    if (!r) return MHD_NO;
+    stream.release();
+    MHD_add_response_header(r, "Docker-Content-Digest", ("sha256:" + loc.digest).c_str());
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_RANGE,
+                            ("bytes " + std::to_string(span->first) + "-" + std::to_string(span->last) + "/" +
+                             std::to_string(size))
+                                .c_str());
+    MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_PARTIAL_CONTENT, r);
+    MHD_destroy_response(r);
+    return ret;
+  }
+
+  // Fetches [first, first + length) from the origin on a worker. Without
+  // `blob`, the worker first creates the store entry, its size from the
+  // origin, and fails when that is not `expected_size`.
   void start_fetch(std::shared_ptr<StoredBlob> blob, BlobLocation loc, uint64_t first, uint64_t length,
-                   std::shared_ptr<FetchState> state) {
+                   std::shared_ptr<FetchState> state, uint64_t expected_size = 0) {
     P2pNode* n = &node;
-    node.submit([n, blob = std::move(blob), loc = std::move(loc), first, length, state = std::move(state)] {
+    node.submit([n, blob = std::move(blob), loc = std::move(loc), first, length, state = std::move(state),
+                 expected_size]() mutable {
+      if (!blob) {
+        auto created = n->stored_blob(loc.digest, [&]() { return n->client().origin_size(loc); });
+        if (created.ok() && (*created)->size() != expected_size)
+          created = Status::invalid("the asker expects " + std::to_string(expected_size) + " bytes, the blob has " +
+                                    std::to_string((*created)->size()));
+        if (!created.ok()) {
+          LOG_WARN("p2p: blob %s for a peer: %s", loc.digest.substr(0, 12).c_str(), created.status().message().c_str());
+          state->finish(created.status());
+          return;
+        }
+        blob = *created;
+        state->set_blob(blob);
+      }
       auto fetch = [n, &loc](uint64_t off, uint64_t len, const StoredBlob::Sink& sink) -> Status {
         n->metrics().origin_requests.fetch_add(1, std::memory_order_relaxed);
         return n->client().fetch_origin(loc, off, len, [n, &sink](std::span<const uint8_t> bytes) {
