@@ -157,6 +157,12 @@ std::shared_ptr<const std::vector<std::string>> Membership::members() const {
   return members_;
 }
 
+std::shared_ptr<const std::vector<std::string>> Membership::previous_members(Clock::duration within) const {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!previous_ || Clock::now() - changed_at_ > within) return nullptr;
+  return previous_;
+}
+
 bool Membership::usable(const std::string& member) const {
   std::lock_guard<std::mutex> g(mu_);
   auto it = failures_.find(member);
@@ -193,6 +199,10 @@ void Membership::set_members(std::vector<std::string> members) {
   if (*members_ == members) return;
   if (!members_->empty() || changes_ > 0)
     LOG_INFO("p2p: membership changed: %zu -> %zu members", members_->size(), members.size());
+  if (!members_->empty()) {
+    previous_ = members_;
+    changed_at_ = Clock::now();
+  }
   members_ = std::make_shared<const std::vector<std::string>>(std::move(members));
   ++changes_;
 }

@@ -55,6 +55,10 @@ class Membership {
   const std::string& self() const { return self_; }
   // Every known member (this node included), sorted.
   std::shared_ptr<const std::vector<std::string>> members() const;
+  // The list before the last change, when that change is at most `within`
+  // old (units that moved are still held by their previous owners); else
+  // null.
+  std::shared_ptr<const std::vector<std::string>> previous_members(Clock::duration within) const;
   bool usable(const std::string& member) const;
   void report_failure(const std::string& member, bool bad_data);
   void report_success(const std::string& member);
@@ -76,6 +80,8 @@ class Membership {
 
   mutable std::mutex mu_;
   std::shared_ptr<const std::vector<std::string>> members_;
+  std::shared_ptr<const std::vector<std::string>> previous_;
+  Clock::time_point changed_at_{};
   struct Failure {
     Clock::time_point until;
     bool bad_data = false;

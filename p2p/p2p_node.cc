@@ -1,5 +1,7 @@
 #include "p2p/p2p_node.h"
 
+#include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -92,6 +94,20 @@ std::vector<std::string> P2pNode::owners(const std::string& digest, uint64_t uni
     if (m == membership_->self() || membership_->usable(m)) out.push_back(m);
   }
   return out;
+}
+
+std::string P2pNode::previous_owner(const std::string& digest, uint64_t unit) const {
+  // Long enough for every node to have re-resolved the new list, and for
+  // the units in use to have been read once from their old owners.
+  const auto window = std::chrono::milliseconds(std::max<uint64_t>(30000, 3ull * config_.dns_refresh_ms));
+  auto previous = membership_->previous_members(window);
+  if (!previous || previous->empty()) return "";
+  const std::string& before = (*previous)[rendezvous_order(*previous, digest, unit).front()];
+  auto now = owners(digest, unit, 1);
+  if (before == self() || (!now.empty() && now.front() == before) || !membership_->usable(before)) return "";
+  auto members = membership_->members();
+  if (!std::binary_search(members->begin(), members->end(), before)) return "";  // gone
+  return before;
 }
 
 Result<std::shared_ptr<StoredBlob>> P2pNode::stored_blob(const std::string& digest,

@@ -44,6 +44,10 @@ class P2pNode {
   // The usable members in rendezvous order for unit `unit` of `digest`,
   // at most `limit`; this node is among them when it is a member.
   std::vector<std::string> owners(const std::string& digest, uint64_t unit, size_t limit) const;
+  // Right after a membership change: the unit's owner under the previous
+  // member list when it is another usable peer than the current owner (it
+  // likely holds the unit), else "".
+  std::string previous_owner(const std::string& digest, uint64_t unit) const;
 
   // The store's blob `digest`, created with the size `size_fn` returns
   // when the store does not know it yet.

@@ -75,6 +75,23 @@ class PeerReader final : public backend::BlobReader {
     const std::vector<std::string> owners =
         take_origin_only(offset, offset + length) ? std::vector<std::string>{}
                                                   : node_.owners(loc_.digest, unit, cfg.max_candidates);
+    // Right after a membership change the unit may have moved away from a
+    // peer that holds it: ask that one first, for held bytes only.
+    if (!owners.empty()) {
+      if (std::string previous = node_.previous_owner(loc_.digest, unit); !previous.empty()) {
+        std::vector<uint8_t> buf(end - first);
+        node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
+        const auto asked = Clock::now();
+        Status s = node_.client().fetch_range(previous, loc_, size, first, buf, /*held_only=*/true);
+        if (s.ok()) {
+          count(metrics_.source("peer " + previous), buf.size(), asked, true);
+          std::memcpy(dst.data(), buf.data() + (offset - first), length);
+          hold(first, end, previous, std::move(buf));
+          return static_cast<size_t>(length);
+        }
+        if (s.code() != Code::kNotFound) node_.membership().report_failure(previous, false);
+      }
+    }
     for (const std::string& peer : owners) {
       if (peer == node_.self()) break;  // this node owns it next: go to the origin
       std::vector<uint8_t> buf(end - first);

@@ -32,8 +32,10 @@ class PeerClient {
 
   // Bytes [offset, offset + dst.size()) of the blob from `peer`
   // ("ADDR:PORT"); `blob_size` is what the Content-Range must say.
+  // With `held_only` the peer answers only from its piece store (404 at
+  // once otherwise, never fetching from the origin): kNotFound then.
   Status fetch_range(const std::string& peer, const BlobLocation& blob, uint64_t blob_size, uint64_t offset,
-                     std::span<uint8_t> dst);
+                     std::span<uint8_t> dst, bool held_only = false);
   // The blob's size as `peer` reports it (HEAD).
   Result<uint64_t> fetch_size(const std::string& peer, const BlobLocation& blob);
   // GET /server/ping answered 200 within the peer timeout.

@@ -25,6 +25,8 @@ using std::chrono::milliseconds;
 constexpr size_t kStreamBlock = 256 * 1024;
 // The blob size a peer expects (PeerClient sends it; see serve_blob).
 constexpr const char* kSizeHintHeader = "X-Nydus-Blob-Size";
+// Answer only from the piece store (see serve_blob).
+constexpr const char* kHeldOnlyHeader = "X-Nydus-Held-Only";
 // How long a streaming upload waits for the next byte before giving up.
 constexpr auto kStreamStall = std::chrono::seconds(30);
 // How long an origin fetch for an asker may take in all.
@@ -277,6 +279,15 @@ struct PeerServer::Impl {
     // byte is sent, so an origin round trip through a busy link never eats
     // the asker's response deadline. A wrong hint only fails that answer.
     std::shared_ptr<StoredBlob> known = node.store().find(loc.digest);
+    // A new owner asking the previous one after a membership change: only
+    // bytes held here, never an origin fetch.
+    if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kHeldOnlyHeader) != nullptr && !head) {
+      const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
+      if (!known || !range) return text(conn, MHD_HTTP_NOT_FOUND, "not held here\n");
+      auto span = parse_range_header(range, known->size());
+      if (!span.ok() || !known->is_ready(span->first, span->last - span->first + 1))
+        return text(conn, MHD_HTTP_NOT_FOUND, "not held here\n");
+    }
     uint64_t hint = 0;
     if (!known && !head && !loc.registry.empty())
       if (const char* h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kSizeHintHeader); h && parse_dec(h, &hint) &&
