@@ -75,9 +75,16 @@ unit_tests() {  # build dir
 mount_tests() {  # build dir, pytest args...
   local dir=$1; shift
   rm -f "$dir/pytest.xml"
+  # A short --basetemp: tests put unix sockets under tmp_path (at most 107
+  # bytes), and xdist adds a popen-gwN level to pytest's default
+  # /tmp/pytest-of-root/pytest-N/.
+  local tmp
+  tmp=$(mktemp -d /tmp/ntXXXX)
   NYDUSD="$PWD/$dir/daemon/nydusd" NYDUS_IMAGE="$PWD/$dir/builder/nydus-image" \
-    "$PYTHON" -m pytest -q -p no:cacheprovider --durations=15 --junitxml="$dir/pytest.xml" "$@" test/mount
+    "$PYTHON" -m pytest -q -p no:cacheprovider --durations=15 --junitxml="$dir/pytest.xml" --basetemp="$tmp" \
+    "$@" test/mount
   local rc=$?
+  rm -rf "$tmp"
   count_pytest "$dir/pytest.xml"
   return $rc
 }
