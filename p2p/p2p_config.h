@@ -30,6 +30,7 @@ struct P2pConfig {
   uint32_t failure_backoff_ms = 1000;   // a peer that failed a request is skipped this long
   uint32_t bad_data_backoff_ms = 30000; // ... and this long when its bytes failed verification
   uint32_t max_candidates = 3;      // peers asked for one unit before going to the origin
+  uint32_t spread_uploads = 4;      // concurrent uploads of one unit before askers go to holders (0 = never)
   uint32_t upload_connections = 256;  // peer-server connection limit
 };
 

@@ -80,6 +80,7 @@ Result<std::unique_ptr<P2pNode>> P2pNode::start(const P2pConfig& config) {
   PeerClient* client = node->client_.get();
   NYDUS_ASSIGN(node->membership_,
                Membership::start(config, nullptr, [client](const std::string& peer) { return client->ping(peer); }));
+  client->set_self(node->membership_->self());
   node->pool_ = std::make_unique<FetchPool>(kFetchWorkers);
   NYDUS_ASSIGN(node->server_, PeerServer::start(*node));
   return node;

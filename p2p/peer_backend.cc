@@ -82,7 +82,7 @@ class PeerReader final : public backend::BlobReader {
         std::vector<uint8_t> buf(end - first);
         node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
         const auto asked = Clock::now();
-        Status s = node_.client().fetch_range(previous, loc_, size, first, buf, /*held_only=*/true);
+        Status s = node_.client().fetch_range(previous, loc_, size, first, buf, {.held_only = true});
         if (s.ok()) {
           count(metrics_.source("peer " + previous), buf.size(), asked, true);
           std::memcpy(dst.data(), buf.data() + (offset - first), length);
@@ -97,8 +97,22 @@ class PeerReader final : public backend::BlobReader {
       std::vector<uint8_t> buf(end - first);
       node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
       const auto asked = Clock::now();
-      Status s = node_.client().fetch_range(peer, loc_, size, first, buf);
-      backend::SourceCounters& counters = metrics_.source("peer " + peer);
+      std::string holder;
+      Status s = node_.client().fetch_range(peer, loc_, size, first, buf, {}, &holder);
+      std::string source = peer;
+      if (!holder.empty()) {
+        // A hot unit: the owner sent us to a node that downloaded it; back
+        // to the owner (not to be sent away again) when the holder lacks it.
+        node_.metrics().redirects_followed.fetch_add(1, std::memory_order_relaxed);
+        s = node_.client().fetch_range(holder, loc_, size, first, buf, {.held_only = true});
+        if (s.ok()) {
+          source = holder;
+        } else {
+          if (s.code() != Code::kNotFound) node_.membership().report_failure(holder, false);
+          s = node_.client().fetch_range(peer, loc_, size, first, buf, {.no_redirect = true});
+        }
+      }
+      backend::SourceCounters& counters = metrics_.source("peer " + source);
       if (!s.ok()) {
         node_.metrics().peer_failures.fetch_add(1, std::memory_order_relaxed);
         count(counters, 0, asked, false);
@@ -109,9 +123,9 @@ class PeerReader final : public backend::BlobReader {
         continue;
       }
       count(counters, buf.size(), asked, true);
-      node_.membership().report_success(peer);
+      node_.membership().report_success(source);
       std::memcpy(dst.data(), buf.data() + (offset - first), length);
-      hold(first, end, peer, std::move(buf));
+      hold(first, end, source, std::move(buf));
       return static_cast<size_t>(length);
     }
 

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "p2p/membership.h"
+
 namespace nydus::p2p {
 namespace {
 
@@ -56,18 +58,27 @@ backend::HttpRequest PeerClient::peer_request(const std::string& peer, const Blo
 }
 
 Status PeerClient::fetch_range(const std::string& peer, const BlobLocation& blob, uint64_t blob_size,
-                               uint64_t offset, std::span<uint8_t> dst, bool held_only) {
+                               uint64_t offset, std::span<uint8_t> dst, RangeAsk ask, std::string* holder) {
   if (dst.empty()) return Status::Ok();
   backend::HttpRequest req = peer_request(peer, blob, "GET");
   req.headers.push_back(range_header(offset, dst.size()));
   // Lets an owner that has not met the blob yet answer before it asked the
   // origin for the size (p2p/peer_server.cc).
   req.headers.push_back("X-Nydus-Blob-Size: " + std::to_string(blob_size));
-  if (held_only) req.headers.push_back("X-Nydus-Held-Only: 1");
+  if (ask.held_only) req.headers.push_back("X-Nydus-Held-Only: 1");
+  if (ask.no_redirect) req.headers.push_back("X-Nydus-No-Redirect: 1");
+  if (!self_.empty()) req.headers.push_back("X-Nydus-Peer: " + self_);
   req.sink = dst;
   NYDUS_ASSIGN(const backend::HttpResponse res, peers_.perform(req));
   const std::string where = "peer " + peer + " blob " + blob.digest.substr(0, 12);
-  if (held_only && res.status == 404) return Status::not_found(where + ": range not held");
+  if (ask.held_only && res.status == 404) return Status::not_found(where + ": range not held");
+  if (res.status == 307) {
+    const std::string* to = res.header("x-nydus-holder");
+    if (!to || to->empty() || !split_host_port(*to, "holder").ok())
+      return Status::io(where + ": redirect without a valid X-Nydus-Holder");
+    if (holder) *holder = *to;
+    return Status::not_found(where + ": sent to holder " + *to);
+  }
   if (res.status != 206) return Status::io(where + ": answered " + std::to_string(res.status) + " to a range request");
   ContentRange cr;
   const std::string* value = res.header("content-range");

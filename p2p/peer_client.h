@@ -26,16 +26,25 @@
 
 namespace nydus::p2p {
 
+// How to ask a peer for a range (p2p/hot_units.h, p2p/peer_server.cc).
+struct RangeAsk {
+  bool held_only = false;    // answer only from the piece store (404 -> kNotFound), never the origin
+  bool no_redirect = false;  // do not send this asker to a holder
+};
+
 class PeerClient {
  public:
   explicit PeerClient(const P2pConfig& config);
 
   // Bytes [offset, offset + dst.size()) of the blob from `peer`
   // ("ADDR:PORT"); `blob_size` is what the Content-Range must say.
-  // With `held_only` the peer answers only from its piece store (404 at
-  // once otherwise, never fetching from the origin): kNotFound then.
+  // A redirect to a holder of a hot unit is kNotFound with the holder in
+  // `*holder` (when given).
   Status fetch_range(const std::string& peer, const BlobLocation& blob, uint64_t blob_size, uint64_t offset,
-                     std::span<uint8_t> dst, bool held_only = false);
+                     std::span<uint8_t> dst, RangeAsk ask = {}, std::string* holder = nullptr);
+  // This node's peer address, sent with every range request so an owner
+  // can name it as a holder later.
+  void set_self(const std::string& self) { self_ = self; }
   // The blob's size as `peer` reports it (HEAD).
   Result<uint64_t> fetch_size(const std::string& peer, const BlobLocation& blob);
   // GET /server/ping answered 200 within the peer timeout.
@@ -59,6 +68,7 @@ class PeerClient {
   backend::HttpRequest peer_request(const std::string& peer, const BlobLocation& blob, const char* method) const;
 
   const P2pConfig config_;
+  std::string self_;
   backend::HttpClient peers_;
   backend::HttpClient origin_;
 };

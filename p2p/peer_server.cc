@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "p2p/hot_units.h"
 #include "p2p/membership.h"
 #include "p2p/p2p_node.h"
 
@@ -27,6 +28,19 @@ constexpr size_t kStreamBlock = 256 * 1024;
 constexpr const char* kSizeHintHeader = "X-Nydus-Blob-Size";
 // Answer only from the piece store (see serve_blob).
 constexpr const char* kHeldOnlyHeader = "X-Nydus-Held-Only";
+// Spreading hot units (p2p/hot_units.h): the asker's own peer address, the
+// holder a redirect names, and "do not redirect me again".
+constexpr const char* kPeerHeader = "X-Nydus-Peer";
+constexpr const char* kHolderHeader = "X-Nydus-Holder";
+constexpr const char* kNoRedirectHeader = "X-Nydus-No-Redirect";
+
+// Per request: the upload HotUnits tracks, if any.
+struct RequestContext {
+  bool tracked = false;
+  std::string digest;
+  uint64_t unit = 0;
+  std::string asker;
+};
 // How long a streaming upload waits for the next byte before giving up.
 constexpr auto kStreamStall = std::chrono::seconds(30);
 // How long an origin fetch for an asker may take in all.
@@ -215,14 +229,15 @@ struct PeerServer::Impl {
   MHD_Daemon* mhd = nullptr;
   uint16_t port = 0;
 
-  explicit Impl(P2pNode& n) : node(n) {}
+  HotUnits hot;
+
+  explicit Impl(P2pNode& n) : node(n), hot(n.config().spread_uploads) {}
 
   static MHD_Result on_access(void* cls, MHD_Connection* conn, const char* url, const char* method,
                               const char*, const char*, size_t* upload_data_size, void** con_cls) noexcept {
     // First call: headers only. Bodies are not accepted (GET/HEAD).
     if (*con_cls == nullptr) {
-      static int marker;
-      *con_cls = &marker;
+      *con_cls = new RequestContext();
       return MHD_YES;
     }
     if (*upload_data_size != 0) {
@@ -230,11 +245,24 @@ struct PeerServer::Impl {
       return MHD_YES;
     }
     try {
-      return static_cast<Impl*>(cls)->handle(conn, url ? url : "", method ? method : "");
+      return static_cast<Impl*>(cls)->handle(conn, url ? url : "", method ? method : "",
+                                             *static_cast<RequestContext*>(*con_cls));
     } catch (const std::exception& e) {
       LOG_ERROR("p2p server: %s", e.what());
       return MHD_NO;
     }
+  }
+
+  // The end of a request: an upload tracked by HotUnits ends, and a
+  // complete one makes its asker a holder.
+  static void on_completed(void* cls, MHD_Connection*, void** con_cls, MHD_RequestTerminationCode toe) noexcept {
+    auto* ctx = static_cast<RequestContext*>(*con_cls);
+    *con_cls = nullptr;
+    if (!ctx) return;
+    if (ctx->tracked)
+      static_cast<Impl*>(cls)->hot.end(ctx->digest, ctx->unit,
+                                       toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? ctx->asker : std::string());
+    delete ctx;
   }
 
   static MHD_Result text(MHD_Connection* conn, unsigned status, const std::string& body) {
@@ -252,7 +280,7 @@ struct PeerServer::Impl {
     return text(conn, status, why + "\n");
   }
 
-  MHD_Result handle(MHD_Connection* conn, const std::string& path, const std::string& method) {
+  MHD_Result handle(MHD_Connection* conn, const std::string& path, const std::string& method, RequestContext& ctx) {
     const bool head = method == "HEAD";
     if (method != "GET" && !head) return refuse(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
     if (path == "/server/ping" || path == "/healthy") return text(conn, MHD_HTTP_OK, "");
@@ -268,10 +296,10 @@ struct PeerServer::Impl {
       return refuse(conn, MHD_HTTP_NOT_FOUND, "no such route");
     }
     BlobLocation loc{*origin, target->repo, target->digest, auth ? auth : ""};
-    return serve_blob(conn, loc, head);
+    return serve_blob(conn, loc, head, ctx);
   }
 
-  MHD_Result serve_blob(MHD_Connection* conn, const BlobLocation& loc, bool head) {
+  MHD_Result serve_blob(MHD_Connection* conn, const BlobLocation& loc, bool head, RequestContext& ctx) {
     // A blob the store does not know needs its size from the origin before
     // the answer's Content-Range can be written. A peer asking tells the
     // size it expects (kSizeHintHeader); then the answer goes out at once
@@ -287,6 +315,10 @@ struct PeerServer::Impl {
       auto span = parse_range_header(range, known->size());
       if (!span.ok() || !known->is_ready(span->first, span->last - span->first + 1))
         return text(conn, MHD_HTTP_NOT_FOUND, "not held here\n");
+    }
+    // A hot unit: send the asker to a node that already downloaded it.
+    if (!head) {
+      if (MHD_Result redirected; spread(conn, loc, ctx, &redirected)) return redirected;
     }
     uint64_t hint = 0;
     if (!known && !head && !loc.registry.empty())
@@ -380,6 +412,40 @@ struct PeerServer::Impl {
     MHD_Result ret = MHD_queue_response(conn, ranged ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK, r);
     MHD_destroy_response(r);
     return ret;
+  }
+
+  // For a ranged GET from a peer that named itself: either answers with a
+  // redirect to a holder (returns true, *result set) or starts tracking the
+  // upload in `hot` (returns false).
+  bool spread(MHD_Connection* conn, const BlobLocation& loc, RequestContext& ctx, MHD_Result* result) {
+    const char* asker = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kPeerHeader);
+    const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
+    if (!asker || !range || MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kHeldOnlyHeader)) return false;
+    if (!split_host_port(asker, "asker").ok()) return false;
+    auto span = parse_range_header(range, UINT64_MAX);
+    if (!span.ok()) return false;
+    const uint64_t unit = span->first / node.config().unit_size;
+    if (!MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kNoRedirectHeader)) {
+      if (std::string holder = hot.redirect_for(loc.digest, unit, asker); !holder.empty()) {
+        node.metrics().redirects_sent.fetch_add(1, std::memory_order_relaxed);
+        MHD_Response* r = MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
+        if (!r) {
+          *result = MHD_NO;
+          return true;
+        }
+        MHD_add_response_header(r, kHolderHeader, holder.c_str());
+        MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, ("http://" + holder + loc.path()).c_str());
+        *result = MHD_queue_response(conn, MHD_HTTP_TEMPORARY_REDIRECT, r);
+        MHD_destroy_response(r);
+        return true;
+      }
+    }
+    hot.begin(loc.digest, unit);
+    ctx.tracked = true;
+    ctx.digest = loc.digest;
+    ctx.unit = unit;
+    ctx.asker = asker;
+    return false;
   }
 
   // serve_blob for a blob the store does not hold, on the asker's size
@@ -540,6 +606,7 @@ Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node) {
                                MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&addr),
                                MHD_OPTION_CONNECTION_LIMIT, static_cast<unsigned>(node.config().upload_connections),
                                MHD_OPTION_CONNECTION_TIMEOUT, 120u,
+                               MHD_OPTION_NOTIFY_COMPLETED, &Impl::on_completed, impl.get(),
                                MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
                                MHD_OPTION_END);
   if (!impl->mhd) return Status::io("p2p: cannot listen on " + node.config().listen + " (address in use?)");
