@@ -51,7 +51,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "once: run on one build only (test/run_all.sh: the release build, not again under ASan+UBSan): "
-        "the test runs no daemon or builder code, or only measures its timing")
+        "the test runs no daemon or builder code, or only measures its timing, or sibling cases that run "
+        "under ASan+UBSan cover its code paths")
     config.addinivalue_line(
         "markers",
         "p2p: multi-daemon P2P tests in network namespaces (test_p2p.py, test_p2p_harness.py); "
