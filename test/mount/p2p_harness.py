@@ -25,6 +25,9 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
       is the sha256 of the blob file. Built once per seed and process.
       .source (the tree), .files {relative path: sha256}, .bootstrap,
       .blob_path, .digest, .chunks [(compressed offset, size)], .unique_bytes.
+  build_image(source, work, files=None, sizes=None) -> TestImage
+      Any tree (e.g. a root filesystem) built the same way (for Cluster(image=)).
+  blob_chunk_table(blob_path, blob_info)  (offset, size) by chunk index
   Cluster(nodes=0, rate="100mbit", node_rate=None, p2p=True, peers="static",
           p2p_extra=None, image=None, repo="p2p/test")
       .registry_ip, .registry_host ("ip:5000"), .host_ip, .subnet, .repo,
@@ -40,13 +43,15 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
   Node
       .index, .ns, .ip, .address, .dir, .cache_dir, .store_dir, .mountpoint,
       .apisock, .log_path, .config_path, .pid, .running
-      start(), stop() (SIGTERM) -> rc, kill() (SIGKILL), restart()
+      start(wait=20, poll=0.01), stop() (SIGTERM) -> rc, kill() (SIGKILL), restart()
       read_all(check=True, order=None) -> ReadReport, read_file(rel) -> bytes
+      run_in_mount(args)                 args chrooted into the mount (e.g. python3 -V)
       cut_registry(), restore_registry()   this node only; failures are immediate
       origin_rx_bytes()                  live bytes received on its registry connections
       metrics() -> GET /api/v1/metrics/backend (dict), api(path)
       log(), p2p_log_lines(peer=None, since=None)
       drop_blob_cache()                  empty the blob cache, keep the piece store
+      drop_piece_store()                 empty the piece store, keep the blob cache
   Dns: set(nodes_or_ips), queries(since=0) -> [(client ip, name)]
   FaultPeer: .address, .ip, .events(), .served_bytes(), .connections(), stop()
 
@@ -240,6 +245,12 @@ def _blob_chunks(blob_path, blob_info):
     """Distinct (compressed offset, compressed size) of the chunks, from the
     blob's chunk-info array (blob.meta, at meta_ci_offset; v1 16-byte or v2
     24-byte entries as in bootstrap/blob_meta.cc)."""
+    return sorted(set(blob_chunk_table(blob_path, blob_info)))
+
+
+def blob_chunk_table(blob_path, blob_info):
+    """(compressed offset, compressed size) of every chunk of the blob, by
+    chunk index (the index of the blob cache's chunk_map bits)."""
     offset = blob_info["meta_ci_offset"]
     with open(blob_path, "rb") as f:
         f.seek(offset)
@@ -251,7 +262,7 @@ def _blob_chunks(blob_path, blob_info):
     entry = size // count if count else 16
     if entry not in (16, 24):
         raise AssertionError(f"chunk-info entries of {entry} bytes")
-    chunks = set()
+    chunks = []
     for i in range(count):
         u, c = struct.unpack_from("<QQ", raw, i * entry)
         c_off = c & 0xFFFFFFFFFF
@@ -259,8 +270,8 @@ def _blob_chunks(blob_path, blob_info):
             c_size = ((c >> 44) | ((c & 0xF0000000000) >> 20)) + 1
         else:
             c_size = c >> 40
-        chunks.add((c_off, c_size))
-    return sorted(chunks)
+        chunks.append((c_off, c_size))
+    return chunks
 
 
 def build_test_image(seed=1):
@@ -273,30 +284,41 @@ def build_test_image(seed=1):
         atexit.register(shutil.rmtree, work, True)
         source = work / "src"
         files, sizes = _make_tree(source, seed)
-        blobs = work / "blobs"
-        blobs.mkdir()
-        layer = work / "layer.boot"
-        build = subprocess.run([str(NYDUS_IMAGE), "create", "--fs-version", "6", "--compressor", "zstd",
-                                "--chunk-size", "0x100000", "--bootstrap", str(layer), "--blob-dir", str(blobs),
-                                "--log-level", "warn", str(source)], capture_output=True, text=True)
-        if build.returncode != 0:
-            raise AssertionError(f"nydus-image create: {build.stderr}")
-        [blob_path] = list(blobs.iterdir())
-        digest = _sha256_file(blob_path)
-        bootstrap = work / "image.boot"
-        merge = subprocess.run([str(NYDUS_IMAGE), "merge", "--bootstrap", str(bootstrap), "--blob-digests",
-                                f"sha256:{digest}", str(layer)], capture_output=True, text=True)
-        if merge.returncode != 0:
-            raise AssertionError(f"nydus-image merge --blob-digests: {merge.stderr}")
-        [info] = json.loads(subprocess.run([str(NYDUS_IMAGE), "inspect", str(bootstrap), "--request", "blobs"],
-                                           capture_output=True, check=True).stdout)
-        if info["id"] != digest:
-            raise AssertionError(f"merged blob id {info['id']} is not the blob's sha256 {digest}")
-        chunks = _blob_chunks(blob_path, info)
-        image = TestImage(work, source, files, sizes, bootstrap, blob_path, digest, blob_path.stat().st_size,
-                          chunks, sum(size for _, size in chunks))
+        image = build_image(source, work, files, sizes)
         _IMAGES[seed] = image
         return image
+
+
+def build_image(source, work, files=None, sizes=None):
+    """Any tree `source` as a TestImage, built in `work` (which must exist
+    and is the caller's to remove) as build_test_image() builds its own
+    tree: RAFS v6, zstd, 1 MiB chunks, merged with --blob-digests so that
+    the blob id is the blob's sha256 (pushable through the registry API).
+    `files`/`sizes` ({relative path: sha256 / size}) are what read_all()
+    checks; empty by default (e.g. a root filesystem one only runs from)."""
+    work = pathlib.Path(work)
+    blobs = work / "blobs"
+    blobs.mkdir()
+    layer = work / "layer.boot"
+    build = subprocess.run([str(NYDUS_IMAGE), "create", "--fs-version", "6", "--compressor", "zstd",
+                            "--chunk-size", "0x100000", "--bootstrap", str(layer), "--blob-dir", str(blobs),
+                            "--log-level", "warn", str(source)], capture_output=True, text=True)
+    if build.returncode != 0:
+        raise AssertionError(f"nydus-image create: {build.stderr}")
+    [blob_path] = list(blobs.iterdir())
+    digest = _sha256_file(blob_path)
+    bootstrap = work / "image.boot"
+    merge = subprocess.run([str(NYDUS_IMAGE), "merge", "--bootstrap", str(bootstrap), "--blob-digests",
+                            f"sha256:{digest}", str(layer)], capture_output=True, text=True)
+    if merge.returncode != 0:
+        raise AssertionError(f"nydus-image merge --blob-digests: {merge.stderr}")
+    [info] = json.loads(subprocess.run([str(NYDUS_IMAGE), "inspect", str(bootstrap), "--request", "blobs"],
+                                       capture_output=True, check=True).stdout)
+    if info["id"] != digest:
+        raise AssertionError(f"merged blob id {info['id']} is not the blob's sha256 {digest}")
+    chunks = _blob_chunks(blob_path, info)
+    return TestImage(work, pathlib.Path(source), dict(files or {}), dict(sizes or {}), bootstrap, blob_path,
+                     digest, blob_path.stat().st_size, chunks, sum(size for _, size in chunks))
 
 
 def _sha256_file(path):
@@ -562,8 +584,9 @@ class Node:
                 return True
         return False
 
-    def start(self, wait=20):
-        """Writes the config and starts nydusd; returns once its FUSE mount and API socket are up."""
+    def start(self, wait=20, poll=0.01):
+        """Writes the config and starts nydusd; returns once its FUSE mount
+        and API socket are up (checked every `poll` seconds)."""
         if self.running:
             raise AssertionError(f"node {self.index} is running already")
         self.config_path.write_text(json.dumps(self.config(), indent=1))
@@ -583,7 +606,7 @@ class Node:
                                      f"{self.log()[-3000:]}\n{self.stdout()[-2000:]}")
             if self._mounted() and self.apisock.exists():
                 return self
-            time.sleep(0.01)
+            time.sleep(poll)
         self.kill()
         raise AssertionError(f"nydusd of node {self.index} did not mount within {wait}s:\n{self.log()[-3000:]}")
 
@@ -612,6 +635,22 @@ class Node:
     def restart(self, kill=False):
         self.kill() if kill else self.stop()
         return self.start()
+
+    def run_in_mount(self, args, timeout=120):
+        """Runs `args` (e.g. ["python3", "-V"]) chrooted into this node's
+        mount (through nydusd's mount namespace, see `root`) with a clean
+        environment; returns the CompletedProcess (stdout and stderr merged,
+        text)."""
+        return subprocess.run(["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                               "chroot", str(self.root)] + [str(a) for a in args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+    def drop_piece_store(self):
+        """Empties the P2P piece store (the node must be stopped); the blob cache stays."""
+        if self.running:
+            raise AssertionError("stop the node before dropping its piece store")
+        shutil.rmtree(self.store_dir, ignore_errors=True)
+        self.store_dir.mkdir()
 
     def drop_blob_cache(self):
         """Empties the blob cache work_dir (the node must be stopped); the piece store stays."""
