@@ -59,6 +59,7 @@ Status read_size(const json& o, const char* key, uint64_t* out) {
   else if (unit == "G" || unit == "GB" || unit == "GiB") mult = 1ull << 30;
   else if (unit == "T" || unit == "TB" || unit == "TiB") mult = 1ull << 40;
   else return bad(key, "= \"" + s + "\" has an unknown unit (use B, KiB, MiB, GiB, TiB)");
+  if (v > UINT64_MAX / mult) return bad(key, "= \"" + s + "\" is too large");
   *out = v * mult;
   return Status::Ok();
 }
