@@ -23,7 +23,7 @@ struct P2pConfig {
   std::string store_dir;           // the piece store; "" = <cache work_dir>/p2p
   uint64_t store_size = 10ull << 30;  // bytes of raw blob data kept for peers
   std::string mirror_listen = "127.0.0.1:65001";  // the stock-client endpoint (issue 12)
-  uint64_t unit_size = 4ull << 20;  // placement unit: aligned raw-blob range with one owner
+  uint64_t unit_size = 1ull << 20;  // placement unit: aligned raw-blob range with one owner (p2p/README.md: why 1 MiB)
   uint32_t granule_size = 4096;     // readiness and origin-fetch alignment inside the store
   uint32_t peer_timeout_ms = 100;   // connect + response headers from a peer
   uint32_t peer_stall_ms = 2000;    // longest pause inside a peer's response body

@@ -30,12 +30,19 @@ struct PeerAnswer {
   uint64_t offset = 0, end = 0;  // granule-aligned (end may be the blob's end)
   std::string peer;
   std::vector<uint8_t> bytes;
-  std::vector<std::pair<uint64_t, uint64_t>> verified;  // [begin, end) ranges, merged
-  uint64_t stored_to = 0;  // granules below this offset are in the store (from `offset`)
 };
-// Bounds of the held-back answers: verified bytes of older answers that
-// never complete a granule are simply not kept.
+// Bounds of the held-back answers, and of the granules verified in part
+// (a chunk starts or ends inside them): verified bytes that never complete
+// a granule within these bounds are simply not kept.
 constexpr size_t kMaxHeldAnswers = 64;
+constexpr size_t kMaxPartialGranules = 4096;
+
+// A granule of which some bytes are verified: the bytes and which ranges
+// (offsets inside the granule, merged) they are.
+struct PartialGranule {
+  std::vector<uint8_t> bytes;
+  std::vector<std::pair<uint64_t, uint64_t>> covered;
+};
 
 class PeerReader final : public backend::BlobReader {
  public:
@@ -189,8 +196,10 @@ class PeerReader final : public backend::BlobReader {
                loc_.digest.substr(0, 12).c_str());
   }
 
-  // Verified bytes of a held-back peer answer: the granules they complete
-  // go into the store (and can be served to other nodes from now on).
+  // Verified bytes of held-back peer answers go into the store: granules
+  // they cover whole at once, granules a chunk starts or ends in once the
+  // neighbouring chunk's bytes are verified too (from this answer or
+  // another), so that only verified bytes are ever kept and relayed.
   void report_good(uint64_t offset, uint64_t length) override {
     std::shared_ptr<StoredBlob> blob;
     std::vector<std::pair<uint64_t, std::vector<uint8_t>>> to_store;
@@ -199,28 +208,40 @@ class PeerReader final : public backend::BlobReader {
       blob = blob_;
       if (!blob) return;
       const uint64_t granule = node_.store().granule_size();
-      for (auto it = held_.begin(); it != held_.end();) {
-        PeerAnswer& a = *it;
-        if (!(a.offset < offset + length && offset < a.end)) {
-          ++it;
-          continue;
+      const uint64_t size = blob->size();
+      for (const PeerAnswer& a : held_) {
+        const uint64_t vb = std::max(offset, a.offset), ve = std::min(offset + length, a.end);
+        if (vb >= ve) continue;
+        const uint8_t* bytes = a.bytes.data() + (vb - a.offset);
+        // Whole granules inside [vb, ve) (the blob's short last granule counts as whole).
+        const uint64_t whole_b = (vb + granule - 1) / granule * granule;
+        const uint64_t whole_e = ve == size ? ve : ve / granule * granule;
+        if (whole_b < whole_e)
+          to_store.emplace_back(whole_b, std::vector<uint8_t>(bytes + (whole_b - vb), bytes + (whole_e - vb)));
+        // The edges: parts of granules, completed across answers.
+        auto add_part = [&](uint64_t b, uint64_t e) {
+          if (b >= e) return;
+          const uint64_t gi = b / granule, gb = gi * granule, ge = std::min(gb + granule, size);
+          PartialGranule& p = partial_[gi];
+          if (p.bytes.empty()) p.bytes.resize(ge - gb);
+          std::memcpy(p.bytes.data() + (b - gb), bytes + (b - vb), e - b);
+          add_range(p.covered, b - gb, e - gb);
+          if (p.covered.size() == 1 && p.covered[0].first == 0 && p.covered[0].second == ge - gb) {
+            to_store.emplace_back(gb, std::move(p.bytes));
+            partial_.erase(gi);
+          }
+        };
+        if (whole_b >= whole_e) {
+          // [vb, ve) lies within one or two granules, none whole.
+          const uint64_t cut = std::min(ve, (vb / granule + 1) * granule);
+          add_part(vb, cut);
+          add_part(cut, ve);
+        } else {
+          add_part(vb, whole_b);
+          add_part(whole_e, ve);
         }
-        add_range(a.verified, std::max(offset, a.offset), std::min(offset + length, a.end));
-        // The verified prefix from stored_to on, cut at a granule boundary
-        // (or the answer's end).
-        uint64_t covered = a.offset + a.stored_to;
-        for (const auto& [b, e] : a.verified)
-          if (b <= covered && e > covered) covered = e;
-        uint64_t upto = covered == a.end ? a.end : covered / granule * granule;
-        if (upto > a.offset + a.stored_to) {
-          const uint64_t from = a.offset + a.stored_to;
-          to_store.emplace_back(from, std::vector<uint8_t>(a.bytes.begin() + static_cast<ptrdiff_t>(from - a.offset),
-                                                           a.bytes.begin() + static_cast<ptrdiff_t>(upto - a.offset)));
-          a.stored_to = upto - a.offset;
-        }
-        if (a.offset + a.stored_to >= a.end) it = held_.erase(it);
-        else ++it;
       }
+      if (partial_.size() > kMaxPartialGranules) partial_.clear();
     }
     for (const auto& [from, bytes] : to_store)
       if (Status w = blob->write(from, bytes); !w.ok())
@@ -272,7 +293,7 @@ class PeerReader final : public backend::BlobReader {
     // A newer answer supersedes older ones for the same bytes (the chunk
     // reader fetched them again): only the newest can be to blame.
     std::erase_if(held_, [&](const PeerAnswer& a) { return a.offset < end && offset < a.end; });
-    held_.push_back(PeerAnswer{offset, end, peer, std::move(bytes), {}, 0});
+    held_.push_back(PeerAnswer{offset, end, peer, std::move(bytes)});
     if (held_.size() > kMaxHeldAnswers) held_.pop_front();
   }
 
@@ -306,7 +327,8 @@ class PeerReader final : public backend::BlobReader {
   backend::SourceCounters& store_counters_;
   std::mutex mu_;
   std::shared_ptr<StoredBlob> blob_;  // pinned while the reader lives
-  std::deque<PeerAnswer> held_;  // peer answers not yet verified whole
+  std::deque<PeerAnswer> held_;  // recent peer answers, for report_good/report_bad
+  std::unordered_map<uint64_t, PartialGranule> partial_;  // by granule index
   std::deque<std::pair<uint64_t, uint64_t>> origin_only_;  // [begin, end) to fetch from the origin next
 };
 

@@ -728,7 +728,7 @@ TEST_CASE("parse_p2p_object: defaults", "[p2p][config]") {
   CHECK(c->store_dir.empty());
   CHECK(c->store_size == 10ull << 30);
   CHECK(c->mirror_listen == "127.0.0.1:65001");
-  CHECK(c->unit_size == 4ull << 20);
+  CHECK(c->unit_size == 1ull << 20);
   CHECK(c->granule_size == 4096);
   CHECK(c->peer_timeout_ms == d.peer_timeout_ms);
   CHECK(c->peer_stall_ms == d.peer_stall_ms);
