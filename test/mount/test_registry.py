@@ -533,6 +533,11 @@ def test_inflight_lists_a_read_stuck_on_the_registry(image, tmp_path):
             sock = tmp_path / "api.sock"
             with mounted(image["bootstrap"], config=write(tmp_path, config),
                          extra_args=["--apisock", str(sock)]) as d:
+                # The socket appears once the daemon is RUNNING, a moment
+                # after the mount (seen missing under ASan in CI).
+                socket_deadline = time.monotonic() + 10
+                while not sock.exists() and time.monotonic() < socket_deadline:
+                    time.sleep(0.02)
                 assert call(sock, "GET", "/api/v1/metrics/inflight")[0] == 204
                 name = sorted(image["digests"])[0]
                 proxy.stall(2.0, times=1, path=BLOB_PATH, method="GET")
