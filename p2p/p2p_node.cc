@@ -14,7 +14,7 @@
 namespace nydus::p2p {
 
 // A fixed set of worker threads for origin fetches that feed streaming
-// uploads; queued tasks run in order.
+// uploads; queued tasks run in order, and are dropped at shutdown.
 class FetchPool {
  public:
   explicit FetchPool(size_t threads) {
@@ -41,7 +41,9 @@ class FetchPool {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
-      if (tasks_.empty()) return;
+      // At shutdown queued fetches are dropped: the server that wanted them
+      // is gone already (P2pNode stops it first).
+      if (stopping_) return;
       auto task = std::move(tasks_.front());
       tasks_.pop_front();
       lock.unlock();

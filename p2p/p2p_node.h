@@ -55,7 +55,8 @@ class P2pNode {
                                                   const std::function<Result<uint64_t>()>& size_fn);
 
   // Runs `task` on a fetch worker (origin fetches that feed streaming
-  // uploads). Tasks still queued at shutdown are run before the workers exit.
+  // uploads). Tasks still queued at shutdown are dropped; running ones end
+  // within their HTTP deadlines.
   void submit(std::function<void()> task);
 
  private:

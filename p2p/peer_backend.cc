@@ -19,9 +19,12 @@ using Clock = std::chrono::steady_clock;
 
 // How long a read may wait for another caller's fetch of the same bytes.
 constexpr auto kOriginDeadline = std::chrono::seconds(120);
-// Largest piece of an origin fetch handed to the store at once, so that
-// peers streaming the same range see bytes before the whole range is in.
-constexpr uint64_t kOriginPiece = 256 * 1024;
+// Largest piece of an origin fetch made as one registry request. A range
+// never crosses a placement unit, so with units up to this size one range
+// is one request (one round trip to the registry; 256 KiB pieces made a
+// 1 MiB range cost four). Peers asking for the same bytes meanwhile get
+// them when the piece is in; their own origin fetches stream (peer_server).
+constexpr uint64_t kOriginPiece = 4u << 20;
 
 // Bytes a peer sent, held back from the piece store until the chunk
 // reader has verified them (report_good), so that this node never relays a

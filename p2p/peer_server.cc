@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -109,6 +110,7 @@ struct FetchState {
 };
 
 struct Stream {
+  const std::atomic<bool>* stopping = nullptr;  // the server is shutting down: end the stream
   std::shared_ptr<StoredBlob> blob;
   uint64_t first = 0;
   uint64_t length = 0;
@@ -123,7 +125,11 @@ ssize_t stream_block(void* cls, uint64_t pos, char* buf, size_t max) {
   const uint64_t offset = st->first + pos;
   const uint64_t want = std::min<uint64_t>(max, st->length - pos);
   const Clock::time_point give_up = Clock::now() + kStreamStall;
-  if (!st->blob) st->blob = st->fetch->wait_blob(give_up);  // answered on the asker's size hint
+  // Answered on the asker's size hint: the worker creates the store entry.
+  while (!st->blob) {
+    st->blob = st->fetch->wait_blob(std::min(give_up, Clock::now() + milliseconds(100)));
+    if (st->fetch->finished() || st->stopping->load(std::memory_order_relaxed) || Clock::now() >= give_up) break;
+  }
   if (!st->blob) {
     st->metrics->upload_errors.fetch_add(1, std::memory_order_relaxed);
     return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -137,7 +143,7 @@ ssize_t stream_block(void* cls, uint64_t pos, char* buf, size_t max) {
       if (st->upload) st->upload->bytes.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
       return n;
     }
-    if (Clock::now() >= give_up) break;
+    if (Clock::now() >= give_up || st->stopping->load(std::memory_order_relaxed)) break;
     // kIo: nobody is fetching the granule at `offset`. The worker may not
     // have claimed it yet; once it is done, the bytes are there or never.
     if (ready.status().code() == Code::kIo) {
@@ -230,6 +236,7 @@ struct PeerServer::Impl {
   uint16_t port = 0;
 
   HotUnits hot;
+  std::atomic<bool> stopping{false};  // set before MHD_stop_daemon so streams end at once
 
   explicit Impl(P2pNode& n) : node(n), hot(n.config().spread_uploads) {}
 
@@ -391,6 +398,7 @@ struct PeerServer::Impl {
       m.owner_misses.fetch_add(1, std::memory_order_relaxed);
       auto stream = std::make_unique<Stream>();
       stream->blob = *blob;
+      stream->stopping = &stopping;
       stream->first = span.first;
       stream->length = length;
       stream->metrics = &m;
@@ -462,6 +470,7 @@ struct PeerServer::Impl {
     PeerUpload& upload = m.upload(client_address(conn));
     upload.requests.fetch_add(1, std::memory_order_relaxed);
     auto stream = std::make_unique<Stream>();
+    stream->stopping = &stopping;
     stream->first = span->first;
     stream->length = length;
     stream->metrics = &m;
@@ -562,7 +571,11 @@ struct PeerServer::Impl {
 PeerServer::PeerServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 PeerServer::~PeerServer() {
-  if (impl_ && impl_->mhd) MHD_stop_daemon(impl_->mhd);
+  if (!impl_ || !impl_->mhd) return;
+  // Streams waiting for origin bytes notice within one wait slice (50 ms);
+  // MHD_stop_daemon then joins every connection thread.
+  impl_->stopping = true;
+  MHD_stop_daemon(impl_->mhd);
 }
 
 uint16_t PeerServer::port() const { return impl_->port; }

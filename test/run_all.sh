@@ -7,14 +7,14 @@
 #      (test/mount/conftest.py: they run no daemon or builder code, or only
 #      time it)
 #   3. every libFuzzer target (clang ASan+UBSan build-fuzz, also built during
-#      1) for FUZZ_SECONDS (default 45), FUZZ_JOBS (default 2) at a time
+#      1) for FUZZ_SECONDS (default 30), FUZZ_JOBS (default 2) at a time
 # prints each stage's wall time, and one closing line "total: N passed, N failed".
 # Environment: FUZZ_SECONDS, FUZZ_JOBS; MOUNT_WORKERS (pytest-xdist workers
-# for the release mount tests, default 2; 0 = no xdist).
+# for the release and ASan mount tests, default 2; 0 = no xdist).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NYDUS_FIXTURES=${NYDUS_FIXTURES:-$(cd .. && pwd)/shared/fixtures/nydus}
-FUZZ_SECONDS=${FUZZ_SECONDS:-45}
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 export FUZZ_JOBS=${FUZZ_JOBS:-2}
 MOUNT_WORKERS=${MOUNT_WORKERS:-2}
 # Debian's python3 (with python3-pytest), not whatever python3 comes first in PATH.
@@ -140,7 +140,7 @@ else
 fi
 if [[ -f build-asan/daemon/nydusd ]]; then
   stage "asan+ubsan: unit tests" unit_tests build-asan
-  stage "asan+ubsan: mount tests" mount_tests build-asan -m "not once"
+  stage "asan+ubsan: mount tests" mount_tests build-asan -m "not once" "${xdist[@]}"
 fi
 if ((sanitized_ok != 0)); then
   failed=$((failed + 1))

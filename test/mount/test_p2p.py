@@ -85,7 +85,10 @@ def assert_reports_ok(reports, nodes):
 # Cold reads, all nodes at once
 
 
-@pytest.mark.parametrize("n", [2, 4, 8])
+# 4 and 8 nodes run the same daemon code paths as 2; under ASan (2-3x the
+# CPU per daemon) on a 2-core CI machine they only add time, so they run on
+# the release build only.
+@pytest.mark.parametrize("n", [2, pytest.param(4, marks=pytest.mark.once), pytest.param(8, marks=pytest.mark.once)])
 def test_p2p_cold_cluster_pulls_each_byte_once(n):
     """N nodes read the whole image at the same moment, in the same order
     (every node wants the same unit at about the same time): every file
