@@ -37,7 +37,10 @@ struct PeerAnswer {
 // Bounds of the held-back answers, and of the granules verified in part
 // (a chunk starts or ends inside them): verified bytes that never complete
 // a granule within these bounds are simply not kept.
-constexpr size_t kMaxHeldAnswers = 64;
+// The chunk reader verifies an answer right after the read that fetched
+// it, so only answers of reads in flight are waiting: 16 bounds the memory
+// at 16 units per blob.
+constexpr size_t kMaxHeldAnswers = 16;
 constexpr size_t kMaxPartialGranules = 4096;
 
 // A granule of which some bytes are verified: the bytes and which ranges
