@@ -17,6 +17,7 @@
 #include "bootstrap/blob_meta.h"
 #include "bootstrap/image.h"
 #include "common/bits.h"
+#include "common/fd_io.h"
 #include "common/log.h"
 
 namespace nydus::backend {
@@ -35,21 +36,6 @@ std::string join(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }
 
-Status pwrite_all(int fd, const uint8_t* data, size_t len, uint64_t offset, const std::string& path) {
-  while (len > 0) {
-    const ssize_t n = ::pwrite(fd, data, len, static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::io("cannot write " + std::to_string(len) + " bytes at offset " + std::to_string(offset) +
-                        " of " + path + ": " + errno_text());
-    }
-    if (n == 0) return Status::io("write at offset " + std::to_string(offset) + " of " + path + " made no progress");
-    data += n;
-    len -= static_cast<size_t>(n);
-    offset += static_cast<uint64_t>(n);
-  }
-  return Status::Ok();
-}
 
 // Removes a temporary file unless it was renamed into place.
 class TempFileGuard {

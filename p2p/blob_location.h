@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 namespace nydus::p2p {
 
@@ -19,7 +20,7 @@ struct BlobLocation {
 };
 
 // True when `s` is 64 lowercase hex digits.
-inline bool is_sha256_hex(const std::string& s) {
+inline bool is_sha256_hex(std::string_view s) {
   if (s.size() != 64) return false;
   for (char c : s)
     if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;

@@ -96,12 +96,7 @@ class PeerReader final : public backend::BlobReader {
         node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
         const auto asked = Clock::now();
         Status s = node_.client().fetch_range(previous, loc_, size, first, buf, {.held_only = true});
-        if (s.ok()) {
-          count(metrics_.source("peer " + previous), buf.size(), asked, true);
-          std::memcpy(dst.data(), buf.data() + (offset - first), length);
-          hold(first, end, previous, std::move(buf));
-          return static_cast<size_t>(length);
-        }
+        if (s.ok()) return accept(previous, first, end, std::move(buf), asked, offset, dst);
         if (s.code() != Code::kNotFound) node_.membership().report_failure(previous, false);
       }
     }
@@ -125,21 +120,17 @@ class PeerReader final : public backend::BlobReader {
           s = node_.client().fetch_range(peer, loc_, size, first, buf, {.no_redirect = true});
         }
       }
-      backend::SourceCounters& counters = metrics_.source("peer " + source);
       if (!s.ok()) {
         node_.metrics().peer_failures.fetch_add(1, std::memory_order_relaxed);
-        count(counters, 0, asked, false);
+        count(metrics_.source("peer " + source), 0, asked, false);
         LOG_WARN("p2p: peer %s failed for blob %s [%llu, +%llu): %s; asking the next owner", peer.c_str(),
                  loc_.digest.substr(0, 12).c_str(), static_cast<unsigned long long>(first),
                  static_cast<unsigned long long>(end - first), s.message().c_str());
         node_.membership().report_failure(peer, false);
         continue;
       }
-      count(counters, buf.size(), asked, true);
       node_.membership().report_success(source);
-      std::memcpy(dst.data(), buf.data() + (offset - first), length);
-      hold(first, end, source, std::move(buf));
-      return static_cast<size_t>(length);
+      return accept(source, first, end, std::move(buf), asked, offset, dst);
     }
 
     // The origin, through the store's single-flight.
@@ -292,6 +283,16 @@ class PeerReader final : public backend::BlobReader {
     const size_t before = origin_only_.size();
     std::erase_if(origin_only_, [&](const std::pair<uint64_t, uint64_t>& r) { return r.first < end && offset < r.second; });
     return origin_only_.size() != before;
+  }
+
+  // A good answer from `peer` for [first, end): counted, the asked part
+  // [offset, offset + dst.size()) copied out, the rest held until verified.
+  size_t accept(const std::string& peer, uint64_t first, uint64_t end, std::vector<uint8_t> buf,
+                Clock::time_point asked, uint64_t offset, std::span<uint8_t> dst) {
+    count(metrics_.source("peer " + peer), buf.size(), asked, true);
+    std::memcpy(dst.data(), buf.data() + (offset - first), dst.size());
+    hold(first, end, peer, std::move(buf));
+    return dst.size();
   }
 
   void hold(uint64_t offset, uint64_t end, const std::string& peer, std::vector<uint8_t> bytes) {

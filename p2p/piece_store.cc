@@ -18,8 +18,10 @@
 #include <utility>
 
 #include "common/bits.h"
+#include "common/fd_io.h"
 #include "common/log.h"
 #include "common/text.h"
+#include "p2p/blob_location.h"
 #include "common/unique_fd.h"
 
 namespace nydus::p2p {
@@ -33,51 +35,14 @@ std::string errno_text() { return std::strerror(errno); }
 
 // "<64 lowercase hex>" from "sha256:<hex>" or "<hex>"; nullopt for anything
 // else (digests come from HTTP request paths).
-bool is_hex64(std::string_view s) {
-  if (s.size() != 64) return false;
-  for (char c : s)
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  return true;
-}
-
 std::optional<std::string> parse_digest(std::string_view digest) {
   constexpr std::string_view kPrefix = "sha256:";
   if (digest.starts_with(kPrefix)) digest.remove_prefix(kPrefix.size());
-  if (!is_hex64(digest)) return std::nullopt;
+  if (!is_sha256_hex(digest)) return std::nullopt;
   return std::string(digest);
 }
 
-Status pwrite_all(int fd, const uint8_t* data, size_t len, uint64_t offset, const std::string& path) {
-  while (len > 0) {
-    const ssize_t n = ::pwrite(fd, data, len, static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::io("cannot write " + std::to_string(len) + " bytes at offset " + std::to_string(offset) +
-                        " of " + path + ": " + errno_text());
-    }
-    if (n == 0) return Status::io("write to " + path + " made no progress");
-    data += n;
-    len -= static_cast<size_t>(n);
-    offset += static_cast<uint64_t>(n);
-  }
-  return Status::Ok();
-}
 
-Status pread_all(int fd, uint8_t* data, size_t len, uint64_t offset, const std::string& path) {
-  while (len > 0) {
-    const ssize_t n = ::pread(fd, data, len, static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::io("cannot read " + std::to_string(len) + " bytes at offset " + std::to_string(offset) +
-                        " of " + path + ": " + errno_text());
-    }
-    if (n == 0) return Status::io(path + " ends before offset " + std::to_string(offset + len));
-    data += n;
-    len -= static_cast<size_t>(n);
-    offset += static_cast<uint64_t>(n);
-  }
-  return Status::Ok();
-}
 
 // The whole of a regular file (not following a symlink), at most `limit` bytes.
 Result<std::vector<uint8_t>> read_small_file(const std::string& path, uint64_t limit) {
@@ -596,7 +561,7 @@ Status StoreCore::load(const std::shared_ptr<StoreCore>& self) {
     if (n.ends_with(kDataSuffix)) {
       // A data file without its map is the trace of an interrupted creation.
       const std::string_view hex = n.substr(0, n.size() - kDataSuffix.size());
-      if (is_hex64(hex) && !std::binary_search(names.begin(), names.end(), std::string(hex) + std::string(kMapSuffix))) {
+      if (is_sha256_hex(hex) && !std::binary_search(names.begin(), names.end(), std::string(hex) + std::string(kMapSuffix))) {
         LOG_WARN("piece store: removing %s, which has no map", escape_bytes(name).c_str());
         remove_file(options_.dir + "/" + name);
       }
@@ -604,7 +569,7 @@ Status StoreCore::load(const std::shared_ptr<StoreCore>& self) {
     }
     if (!n.ends_with(kMapSuffix)) continue;
     const std::string_view hex_view = n.substr(0, n.size() - kMapSuffix.size());
-    if (!is_hex64(hex_view)) continue;
+    if (!is_sha256_hex(hex_view)) continue;
     const std::string hex(hex_view);
     auto blob = load_blob(self, hex);
     if (!blob.ok()) {
