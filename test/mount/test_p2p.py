@@ -151,8 +151,12 @@ def test_p2p_owner_sigkilled_mid_transfer():
     unique bytes, the node that is pulling the most from the origin at that
     moment (an owner fetching a unit the others wait for) is SIGKILLed. The
     three others read everything byte-exact, no read fails, <= 10 % extra
-    origin bytes; they noticed the dead owner."""
-    with ph.Cluster(nodes=4) as c:
+    origin bytes; they noticed the dead owner.
+
+    Units of 256 KiB (about 72 for this image) so that the victim still owns
+    units nobody has fetched when it dies: with 1 MiB units a victim owning one
+    or two units could finish them before the kill and never be asked again."""
+    with ph.Cluster(nodes=4, p2p_extra={"unit_size": 256 << 10}) as c:
         c.start_nodes()
         link0 = c.link_tx_bytes()
         pool, futures = read_concurrently(c.nodes)
