@@ -125,6 +125,7 @@ nlohmann::json P2pRuntime::metrics_json() {
   j["fallbacks_to_origin"] = load(m.fallbacks_to_origin);
   j["redirects_sent"] = load(m.redirects_sent);
   j["redirects_followed"] = load(m.redirects_followed);
+  j["fallback_redirects"] = load(m.fallback_redirects);
   j["store_used_bytes"] = node->store().used_bytes();
   j["store_evicted_blobs"] = node->store().evicted_blobs();
   nlohmann::ordered_json uploads = nlohmann::ordered_json::object();
@@ -156,7 +157,9 @@ std::string P2pRuntime::prometheus_text() {
   counter("store_hits_total", "Ranges read from the local piece store.", m.store_hits.load());
   counter("fallbacks_to_origin_total", "Ranges this node fetched from the origin itself.", m.fallbacks_to_origin.load());
   counter("redirects_sent_total", "Askers of a hot unit sent to a holder.", m.redirects_sent.load());
-  counter("redirects_followed_total", "Hot-unit redirects this node followed.", m.redirects_followed.load());
+  counter("redirects_followed_total", "Redirects to a holder this node followed.", m.redirects_followed.load());
+  counter("fallback_redirects_total", "Askers sent to the next owner while this node had just started.",
+          m.fallback_redirects.load());
   out += "# HELP nydusd_p2p_uploaded_bytes_total Bytes uploaded per asking peer.\n"
          "# TYPE nydusd_p2p_uploaded_bytes_total counter\n";
   m.for_each_upload([&](const p2p::PeerUpload& u) {

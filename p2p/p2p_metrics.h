@@ -37,8 +37,9 @@ class P2pMetrics {
   std::atomic<uint64_t> verify_failures{0};    // peer or store bytes that failed verification
   std::atomic<uint64_t> store_hits{0};         // ranges read from the local piece store
   std::atomic<uint64_t> fallbacks_to_origin{0};  // ranges the instance fetched from the origin itself
-  std::atomic<uint64_t> redirects_followed{0};   // hot-unit redirects this node followed to a holder
+  std::atomic<uint64_t> redirects_followed{0};   // redirects to a holder this node followed
   std::atomic<uint64_t> redirects_sent{0};       // askers this node's server sent to holders
+  std::atomic<uint64_t> fallback_redirects{0};   // askers sent to the next owner just after start
 
   PeerUpload& upload(const std::string& peer) {
     std::lock_guard<std::mutex> g(mu_);

@@ -99,11 +99,18 @@ std::vector<std::string> P2pNode::owners(const std::string& digest, uint64_t uni
   return out;
 }
 
-std::string P2pNode::previous_owner(const std::string& digest, uint64_t unit) const {
+std::chrono::milliseconds P2pNode::previous_owner_window() const {
   // Long enough for every node to have re-resolved the new list, and for
   // the units in use to have been read once from their old owners.
-  const auto window = std::chrono::milliseconds(std::max<uint64_t>(30000, 3ull * config_.dns_refresh_ms));
-  auto previous = membership_->previous_members(window);
+  return std::chrono::milliseconds(std::max<uint64_t>(30000, 3ull * config_.dns_refresh_ms));
+}
+
+bool P2pNode::membership_changed_recently() const {
+  return membership_->previous_members(previous_owner_window()) != nullptr;
+}
+
+std::string P2pNode::previous_owner(const std::string& digest, uint64_t unit) const {
+  auto previous = membership_->previous_members(previous_owner_window());
   if (!previous || previous->empty()) return "";
   const std::string& before = (*previous)[rendezvous_order(*previous, digest, unit).front()];
   auto now = owners(digest, unit, 1);

@@ -11,6 +11,7 @@
 // Thread-safety: every method may be called from any thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -48,6 +49,9 @@ class P2pNode {
   // member list when it is another usable peer than the current owner (it
   // likely holds the unit), else "".
   std::string previous_owner(const std::string& digest, uint64_t unit) const;
+  // True within that window after a membership change (askers ask previous
+  // owners first then).
+  bool membership_changed_recently() const;
 
   // The store's blob `digest`, created with the size `size_fn` returns
   // when the store does not know it yet.
@@ -61,6 +65,7 @@ class P2pNode {
 
  private:
   explicit P2pNode(P2pConfig config);
+  std::chrono::milliseconds previous_owner_window() const;
 
   const P2pConfig config_;
   P2pMetrics metrics_;

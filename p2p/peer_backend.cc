@@ -109,10 +109,17 @@ class PeerReader final : public backend::BlobReader {
       Status s = node_.client().fetch_range(peer, loc_, size, first, buf, {}, &holder);
       std::string source = peer;
       if (!holder.empty()) {
-        // A hot unit: the owner sent us to a node that downloaded it; back
-        // to the owner (not to be sent away again) when the holder lacks it.
-        node_.metrics().redirects_followed.fetch_add(1, std::memory_order_relaxed);
-        s = node_.client().fetch_range(holder, loc_, size, first, buf, {.held_only = true});
+        // The owner sent us to a node that likely holds the range (a hot
+        // unit's earlier downloader, or the next owner while the owner has
+        // just started); back to the owner (not to be sent away again) when
+        // that node lacks it.
+        // A holder this node has demoted (it failed, or sent bad bytes) is
+        // not asked: the owner cannot know.
+        s = Status::not_found("holder " + holder + " is out of rendezvous here");
+        if (node_.membership().usable(holder)) {
+          node_.metrics().redirects_followed.fetch_add(1, std::memory_order_relaxed);
+          s = node_.client().fetch_range(holder, loc_, size, first, buf, {.held_only = true});
+        }
         if (s.ok()) {
           source = holder;
         } else {

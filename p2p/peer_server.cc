@@ -46,6 +46,9 @@ struct RequestContext {
 constexpr auto kStreamStall = std::chrono::seconds(30);
 // How long an origin fetch for an asker may take in all.
 constexpr auto kFetchDeadline = std::chrono::seconds(120);
+// How long after this server starts an owner that lacks a range first sends
+// the asker to the next owner (see redirect_to_fallback_owner).
+constexpr auto kFallbackWindow = std::chrono::seconds(60);
 
 bool valid_repo(const std::string& repo) {
   if (repo.empty() || repo.size() > 255 || repo.front() == '/' || repo.back() == '/') return false;
@@ -237,6 +240,7 @@ struct PeerServer::Impl {
 
   HotUnits hot;
   std::atomic<bool> stopping{false};  // set before MHD_stop_daemon so streams end at once
+  const Clock::time_point started = Clock::now();
 
   explicit Impl(P2pNode& n) : node(n), hot(n.config().spread_uploads) {}
 
@@ -314,17 +318,22 @@ struct PeerServer::Impl {
     // byte is sent, so an origin round trip through a busy link never eats
     // the asker's response deadline. A wrong hint only fails that answer.
     std::shared_ptr<StoredBlob> known = node.store().find(loc.digest);
-    // A new owner asking the previous one after a membership change: only
-    // bytes held here, never an origin fetch.
-    if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kHeldOnlyHeader) != nullptr && !head) {
+    // Held bytes only (a new owner asking the previous one after a
+    // membership change, an asker sent to a holder): bytes stored here or
+    // being fetched here (the answer follows that fetch), never an origin
+    // fetch of its own.
+    const bool held_only = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kHeldOnlyHeader) != nullptr && !head;
+    if (held_only) {
       const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
       if (!known || !range) return text(conn, MHD_HTTP_NOT_FOUND, "not held here\n");
       auto span = parse_range_header(range, known->size());
-      if (!span.ok() || !known->is_ready(span->first, span->last - span->first + 1))
+      if (!span.ok() || !known->is_covered(span->first, span->last - span->first + 1))
         return text(conn, MHD_HTTP_NOT_FOUND, "not held here\n");
     }
-    // A hot unit: send the asker to a node that already downloaded it.
     if (!head) {
+      // Just started: the next owner may have fetched what this one lacks.
+      if (MHD_Result redirected; redirect_to_fallback_owner(conn, loc, known.get(), &redirected)) return redirected;
+      // A hot unit: send the asker to a node that already downloaded it.
       if (MHD_Result redirected; spread(conn, loc, ctx, &redirected)) return redirected;
     }
     uint64_t hint = 0;
@@ -394,8 +403,8 @@ struct PeerServer::Impl {
       m.upload_bytes.fetch_add(length, std::memory_order_relaxed);
       upload.bytes.fetch_add(length, std::memory_order_relaxed);
     } else {
-      if (loc.registry.empty()) return refuse(conn, MHD_HTTP_NOT_FOUND, "range not held here and no origin named");
-      m.owner_misses.fetch_add(1, std::memory_order_relaxed);
+      if (loc.registry.empty() && !held_only)
+        return refuse(conn, MHD_HTTP_NOT_FOUND, "range not held here and no origin named");
       auto stream = std::make_unique<Stream>();
       stream->blob = *blob;
       stream->stopping = &stopping;
@@ -403,8 +412,16 @@ struct PeerServer::Impl {
       stream->length = length;
       stream->metrics = &m;
       stream->upload = &upload;
-      stream->fetch = std::make_shared<FetchState>();
-      start_fetch(*blob, loc, span.first, length, stream->fetch);
+      if (held_only) {
+        // Being fetched here (checked above): follow that fetch; no fetch of
+        // our own (Stream.fetch stays null: the stream ends with an error if
+        // that fetch fails).
+        m.owner_hits.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        m.owner_misses.fetch_add(1, std::memory_order_relaxed);
+        stream->fetch = std::make_shared<FetchState>();
+        start_fetch(*blob, loc, span.first, length, stream->fetch);
+      }
       r = MHD_create_response_from_callback(length, kStreamBlock, &stream_block, stream.get(), &free_stream);
       if (!r) return MHD_NO;
       stream.release();  // MHD frees it through free_stream
@@ -422,6 +439,50 @@ struct PeerServer::Impl {
     return ret;
   }
 
+  // 307 to `holder` (X-Nydus-Holder; Location for HTTP clients): the asker
+  // asks it for held bytes only and comes back with X-Nydus-No-Redirect
+  // when it lacks them.
+  MHD_Result redirect_to(MHD_Connection* conn, const std::string& holder, const BlobLocation& loc) {
+    MHD_Response* r = MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, kHolderHeader, holder.c_str());
+    MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, ("http://" + holder + loc.path()).c_str());
+    MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_TEMPORARY_REDIRECT, r);
+    MHD_destroy_response(r);
+    return ret;
+  }
+
+  // Askers that found this node not listening yet (nodes starting at once,
+  // a restart) or too slow went to the next owner in rendezvous order,
+  // which fetched the range from the origin. So for a while after start,
+  // the unit's owner that neither holds nor is fetching an asked range
+  // first sends the asker to that next owner (excluding the asker) for held
+  // or in-flight bytes: one LAN round trip instead of a second origin
+  // fetch. Only the unit's first owner does this, only for peers that named
+  // themselves and were not sent back already, and not while a membership
+  // change settles: askers ask the previous owner first then, and a second
+  // detour per miss would only lengthen reads while ownership keeps
+  // moving. Returns true with *result set when it redirected.
+  bool redirect_to_fallback_owner(MHD_Connection* conn, const BlobLocation& loc, const StoredBlob* known,
+                                  MHD_Result* result) {
+    if (Clock::now() - started >= kFallbackWindow || node.membership_changed_recently()) return false;
+    const char* asker = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kPeerHeader);
+    const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
+    if (!asker || !range || MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kHeldOnlyHeader) ||
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kNoRedirectHeader))
+      return false;
+    auto span = parse_range_header(range, known ? known->size() : UINT64_MAX);
+    if (!span.ok()) return false;
+    if (known && known->is_covered(span->first, span->last - span->first + 1)) return false;
+    std::vector<std::string> owners =
+        node.owners(loc.digest, span->first / node.config().unit_size, node.config().max_candidates + 1);
+    std::erase(owners, std::string(asker));
+    if (owners.size() < 2 || owners[0] != node.self()) return false;
+    node.metrics().fallback_redirects.fetch_add(1, std::memory_order_relaxed);
+    *result = redirect_to(conn, owners[1], loc);
+    return true;
+  }
+
   // For a ranged GET from a peer that named itself: either answers with a
   // redirect to a holder (returns true, *result set) or starts tracking the
   // upload in `hot` (returns false).
@@ -436,15 +497,7 @@ struct PeerServer::Impl {
     if (!MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kNoRedirectHeader)) {
       if (std::string holder = hot.redirect_for(loc.digest, unit, asker); !holder.empty()) {
         node.metrics().redirects_sent.fetch_add(1, std::memory_order_relaxed);
-        MHD_Response* r = MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
-        if (!r) {
-          *result = MHD_NO;
-          return true;
-        }
-        MHD_add_response_header(r, kHolderHeader, holder.c_str());
-        MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, ("http://" + holder + loc.path()).c_str());
-        *result = MHD_queue_response(conn, MHD_HTTP_TEMPORARY_REDIRECT, r);
-        MHD_destroy_response(r);
+        *result = redirect_to(conn, holder, loc);
         return true;
       }
     }

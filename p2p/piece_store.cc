@@ -95,6 +95,15 @@ class BlobImpl final : public StoredBlob {
     return ready_run_locked(offset, max);
   }
 
+  bool is_covered(uint64_t offset, uint64_t length) const override {
+    if (!in_range(offset, length)) return false;
+    if (length == 0) return true;
+    std::lock_guard lock(mu_);
+    for (uint64_t g = offset / gs_, last = div_round_up(offset + length, gs_); g < last; ++g)
+      if (!test(bitmap_, g) && !test(inflight_, g)) return false;
+    return true;
+  }
+
   std::vector<ByteRange> missing(uint64_t offset, uint64_t length) const override {
     std::vector<ByteRange> out;
     if (offset >= size_ || length == 0) return out;

@@ -76,6 +76,9 @@ class StoredBlob {
   // How many bytes from `offset` on are ready without a gap, at most `max`.
   virtual uint64_t ready_run(uint64_t offset, uint64_t max) const = 0;
   bool is_ready(uint64_t offset, uint64_t length) const { return ready_run(offset, length) == length; }
+  // True when every granule of [offset, offset + length) is ready or being
+  // fetched by someone (so wait_ready() will follow it); false past size().
+  virtual bool is_covered(uint64_t offset, uint64_t length) const = 0;
   // The granule-aligned runs of [offset, offset + length) not ready yet.
   virtual std::vector<ByteRange> missing(uint64_t offset, uint64_t length) const = 0;
   virtual uint64_t ready_bytes() const = 0;

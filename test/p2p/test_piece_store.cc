@@ -585,6 +585,9 @@ TEST_CASE("piece store: wait_ready follows a slow fetch", "[p2p][piece_store]") 
   auto blob = open_blob(*store, kHexA, size);
   CHECK(blob->wait_ready(0, 10, in(1s)).status().code() == Code::kIo);  // nobody fetches
   CHECK(blob->wait_ready(size, 10, in(1s)).status().code() == Code::kInvalidInput);
+  CHECK_FALSE(blob->is_covered(0, 1));
+  CHECK(blob->is_covered(size, 0));
+  CHECK_FALSE(blob->is_covered(size, 1));
 
   // Streams one granule per step, each step released by the reader.
   std::vector<std::unique_ptr<Gate>> steps;
@@ -605,6 +608,9 @@ TEST_CASE("piece store: wait_ready follows a slow fetch", "[p2p][piece_store]") 
   // Until the fetch has claimed granule 0 (a past deadline: no waiting).
   while (blob->wait_ready(0, 1, Clock::now()).status().code() == Code::kIo) std::this_thread::sleep_for(1ms);
 
+  // Claimed but not ready: covered (a held-only asker may follow it), not ready.
+  CHECK(blob->is_covered(0, size));
+  CHECK_FALSE(blob->is_ready(0, 1));
   // Nothing arrives while the fetch is held: timeouts.
   CHECK(blob->wait_ready(0, size, in(30ms)).status().code() == Code::kTimeout);
   CHECK(blob->ensure(0, 1, slow, in(30ms)).code() == Code::kTimeout);
@@ -624,6 +630,7 @@ TEST_CASE("piece store: wait_ready follows a slow fetch", "[p2p][piece_store]") 
   fetcher.join();
   CHECK(fetch_status.ok());
   CHECK(got == src);
+  CHECK(blob->is_covered(0, size));
   CHECK(*blob->wait_ready(kGs + 1, size, in(1s)) == size - kGs - 1);
   CHECK(*blob->wait_ready(kGs + 1, 3, in(1s)) == 3);
 }
