@@ -46,6 +46,12 @@ class BlobReader {
     (void)length;
   }
 
+  // The Authorization header value this reader sends to its origin now
+  // ("Bearer <token>", "Basic <base64>"), "" when it has none (yet). The
+  // P2P backend passes it to the peer that fetches from the origin for
+  // this node, so private repositories are shared too.
+  virtual std::string origin_authorization() { return ""; }
+
   // Reads exactly dst.size() bytes, looping over short reads. Reaching the
   // end of the blob first is a kIo error naming the offset.
   Status read_exact(uint64_t offset, std::span<uint8_t> dst);

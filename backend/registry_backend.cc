@@ -170,6 +170,9 @@ class RegistryState {
     std::lock_guard<std::mutex> g(auth_mu_);
     return auth_;
   }
+  // The Authorization header value requests carry now (a token refreshed
+  // when due); "" before the first challenge.
+  std::string authorization() { return current_auth_header(); }
 
  private:
   HttpRequest base_request(const std::string& method) const {
@@ -484,6 +487,8 @@ class RegistryReader final : public BlobReader {
     size_ = n;
     return n;
   }
+
+  std::string origin_authorization() override { return state_->authorization(); }
 
  private:
   std::string where() const {

@@ -364,7 +364,7 @@ def scenarios(work):
     say(f"tree {TREE}: {python_version}; layer {layer.stat().st_size / 2**20:.1f} MiB tar.gz; nydus blob "
         f"{image.blob_size / 2**20:.1f} MiB ({len(chunks)} chunks, built in {build_secs:.1f} s)")
     with ph.Cluster(nodes=0, rate=RATE, image=image, repo=REPO) as c:
-        layer_digest = rh.push_blob(c._PushTarget(c.registry_url), REPO, layer)
+        layer_digest = c.push_blob(layer, REPO)
         members, fresh, plain = make_nodes(c)
         b = Bench(c, python_version, layer_digest)
         b.info = {"tree": str(TREE), "python": python_version, "layer_bytes": layer.stat().st_size,

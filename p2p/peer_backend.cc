@@ -88,6 +88,7 @@ class PeerReader final : public backend::BlobReader {
     const std::vector<std::string> owners =
         take_origin_only(offset, offset + length) ? std::vector<std::string>{}
                                                   : node_.owners(loc_.digest, unit, cfg.max_candidates);
+    const BlobLocation ask = asking();
     // Right after a membership change the unit may have moved away from a
     // peer that holds it: ask that one first, for held bytes only.
     if (!owners.empty()) {
@@ -95,7 +96,7 @@ class PeerReader final : public backend::BlobReader {
         std::vector<uint8_t> buf(end - first);
         node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
         const auto asked = Clock::now();
-        Status s = node_.client().fetch_range(previous, loc_, size, first, buf, {.held_only = true});
+        Status s = node_.client().fetch_range(previous, ask, size, first, buf, {.held_only = true});
         if (s.ok()) return accept(previous, first, end, std::move(buf), asked, offset, dst);
         if (s.code() != Code::kNotFound) node_.membership().report_failure(previous, false);
       }
@@ -106,7 +107,7 @@ class PeerReader final : public backend::BlobReader {
       node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
       const auto asked = Clock::now();
       std::string holder;
-      Status s = node_.client().fetch_range(peer, loc_, size, first, buf, {}, &holder);
+      Status s = node_.client().fetch_range(peer, ask, size, first, buf, {}, &holder);
       std::string source = peer;
       if (!holder.empty()) {
         // The owner sent us to a node that likely holds the range (a hot
@@ -118,13 +119,13 @@ class PeerReader final : public backend::BlobReader {
         s = Status::not_found("holder " + holder + " is out of rendezvous here");
         if (node_.membership().usable(holder)) {
           node_.metrics().redirects_followed.fetch_add(1, std::memory_order_relaxed);
-          s = node_.client().fetch_range(holder, loc_, size, first, buf, {.held_only = true});
+          s = node_.client().fetch_range(holder, ask, size, first, buf, {.held_only = true});
         }
         if (s.ok()) {
           source = holder;
         } else {
           if (s.code() != Code::kNotFound) node_.membership().report_failure(holder, false);
-          s = node_.client().fetch_range(peer, loc_, size, first, buf, {.no_redirect = true});
+          s = node_.client().fetch_range(peer, ask, size, first, buf, {.no_redirect = true});
         }
       }
       if (!s.ok()) {
@@ -268,7 +269,7 @@ class PeerReader final : public backend::BlobReader {
       if (size.ok() || size.status().code() == Code::kNotFound) return size;
       for (const std::string& peer : node_.owners(loc_.digest, 0, node_.config().max_candidates)) {
         if (peer == node_.self()) continue;
-        auto from_peer = node_.client().fetch_size(peer, loc_);
+        auto from_peer = node_.client().fetch_size(peer, asking());
         if (from_peer.ok()) {
           LOG_INFO("p2p: blob %s: origin unavailable (%s); size %llu from peer %s", loc_.digest.substr(0, 12).c_str(),
                    size.status().message().c_str(), static_cast<unsigned long long>(*from_peer), peer.c_str());
@@ -281,6 +282,17 @@ class PeerReader final : public backend::BlobReader {
     std::lock_guard<std::mutex> g(mu_);
     blob_ = *blob;
     return blob_;
+  }
+
+  // The blob as peers are asked for it: with the Authorization this node's
+  // origin reader uses now, which the owner passes on to the origin (a
+  // private repository's blob is fetched by its owner too). Credentials
+  // thus reach peers: the peer port belongs on a trusted network (or
+  // behind issue 12's guard), as a dfdaemon mirror with auth_through.
+  BlobLocation asking() const {
+    BlobLocation l = loc_;
+    l.authorization = origin_->origin_authorization();
+    return l;
   }
 
   // True (and forgotten) when [offset, end) overlaps a range whose bytes

@@ -62,6 +62,7 @@ its mount is not in the host's mount table. Readers reach it through
 namespace; when nydusd dies, the namespace and the mount go with it.
 """
 import atexit
+import base64
 import calendar
 import collections
 import concurrent.futures
@@ -530,7 +531,8 @@ class Node:
             "device": {
                 "backend": {"type": "registry", "config": {
                     "scheme": "http", "host": c.registry_host, "repo": c.repo,
-                    "timeout": 10, "connect_timeout": 2, "retry_limit": 2}},
+                    "timeout": 10, "connect_timeout": 2, "retry_limit": 2,
+                    **({"auth": c.auth_b64} if c.basic_auth else {})}},
                 "cache": {"type": "blobcache", "config": {"work_dir": str(self.cache_dir)}},
             },
             "mode": "direct",
@@ -970,8 +972,11 @@ class Cluster:
     """A registry behind a shaped link and nodes on a bridge. See the module docstring."""
 
     def __init__(self, nodes=0, rate="100mbit", node_rate=None, p2p=True, peers="static", p2p_extra=None,
-                 image=None, repo="p2p/test", image_seed=1):
+                 image=None, repo="p2p/test", image_seed=1, basic_auth=None):
         require_cluster_tools()
+        # (user, password): the registry wants htpasswd Basic auth for
+        # everything (a private repository); nodes get it as backend `auth`.
+        self.basic_auth = basic_auth
         self.rate = rate
         self.node_rate = node_rate
         self.repo = repo
@@ -1055,6 +1060,12 @@ class Cluster:
                         "maintenance": {"uploadpurging": {"enabled": False}}},
             "http": {"addr": self.registry_host, "secret": "nydus-p2p-test"},
         }
+        if self.basic_auth:
+            user, password = self.basic_auth
+            line = subprocess.run(["htpasswd", "-Bbn", user, password], check=True, capture_output=True,
+                                  text=True).stdout.strip()
+            (self.registry_dir / "htpasswd").write_text(line + "\n")
+            config["auth"] = {"htpasswd": {"realm": "np2p", "path": str(self.registry_dir / "htpasswd")}}
         (self.registry_dir / "config.yml").write_text(json.dumps(config))
         with open(self.registry_log, "ab") as log:
             self._registry = subprocess.Popen(["ip", "netns", "exec", ns, "docker-registry", "serve",
@@ -1073,8 +1084,17 @@ class Cluster:
     def registry_url(self):
         return f"http://{self.registry_host}"
 
-    def _registry_get(self, path, headers=None, timeout=5):
+    @property
+    def auth_b64(self):
+        """base64 of user:password with basic_auth, else None."""
+        if not self.basic_auth:
+            return None
+        return base64.b64encode(":".join(self.basic_auth).encode()).decode()
+
+    def _registry_get(self, path, headers=None, timeout=5, auth=True):
         conn = http.client.HTTPConnection(self.registry_ip, REGISTRY_PORT, timeout=timeout)
+        if auth and self.basic_auth:
+            headers = {"Authorization": "Basic " + self.auth_b64, **(headers or {})}
         try:
             conn.request("GET", path, headers={"User-Agent": HARNESS_UA, **(headers or {})})
             response = conn.getresponse()
@@ -1086,16 +1106,22 @@ class Cluster:
 
     class _PushTarget:
         """What registry_harness.push_blob needs of a registry."""
-        username = None
-        auth_b64 = None
 
-        def __init__(self, url):
+        def __init__(self, url, basic_auth, auth_b64):
             self.url = url
             self.scheme = "http"
+            self.username = basic_auth[0] if basic_auth else None
+            self.auth_b64 = auth_b64
+
+    def push_blob(self, source, repo=None):
+        """Pushes bytes or a file to `repo` (the cluster's by default) through
+        the distribution API (POST + PUT ?digest=), with the registry's
+        credentials when it wants them; returns the sha256 hex digest."""
+        target = self._PushTarget(self.registry_url, self.basic_auth, self.auth_b64)
+        return rh.push_blob(target, repo or self.repo, source)
 
     def _push(self):
-        """The blob goes in through the distribution API (POST + PUT ?digest=)."""
-        digest = rh.push_blob(self._PushTarget(self.registry_url), self.repo, self.image.blob_path)
+        digest = self.push_blob(self.image.blob_path)
         assert digest == self.image.digest
         status, body = self._registry_get(f"/v2/{self.repo}/blobs/sha256:{digest}", {"Range": "bytes=0-15"})
         assert status == 206 and body == self.image.blob_path.read_bytes()[:16], (status, body)

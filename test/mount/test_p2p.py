@@ -164,6 +164,24 @@ def test_p2p_late_owner_sends_askers_to_the_next_owner():
         assert got == 0, f"node 1's read pulled {got} bytes from the origin again"
 
 
+def test_p2p_private_repository_is_shared():
+    """The registry wants Basic auth for everything (a private repository).
+    Two nodes read the image at once: an asking node passes the
+    Authorization it uses for the origin, so each owner fetches its units
+    for the other one: origin bytes <= 1.02x the unique bytes, no peer
+    request failed, both nodes uploaded. (Whether a node may serve held
+    bytes of a private repository to an asker without credentials is issue
+    12's guard.)"""
+    with ph.Cluster(nodes=2, basic_auth=("p2p", "not-a-secret")) as c:
+        c.start_nodes()
+        c.read_all()
+        assert_origin_within(c, 0, COLD_FACTOR, "private repository")
+        for n in c.nodes:
+            p2p = n.metrics()["p2p"]
+            assert p2p["peer_failures"] == 0, f"node {n.index}: {p2p}"
+            assert p2p["upload_bytes"] > 0, f"node {n.index} uploaded nothing: {p2p}"
+
+
 # ---------------------------------------------------------------------------
 # Faults
 
