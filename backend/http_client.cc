@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 namespace nydus::backend {
@@ -252,6 +253,17 @@ CURLcode perform_with_deadlines(CURL* h, Transfer& t) {
 }  // namespace
 
 Result<HttpResponse> HttpClient::perform(const HttpRequest& request) {
+  constexpr auto kPause = std::chrono::milliseconds(10);
+  const auto give_up = std::chrono::steady_clock::now() + request.refused_retry;
+  for (;;) {
+    bool refused = false;
+    auto result = perform_once(request, &refused);
+    if (result.ok() || !refused || std::chrono::steady_clock::now() + kPause > give_up) return result;
+    std::this_thread::sleep_for(kPause);
+  }
+}
+
+Result<HttpResponse> HttpClient::perform_once(const HttpRequest& request, bool* refused) {
   CURL* h = shared_->take();
   if (!h) return Status::io("cannot create a curl handle for " + request.url);
   HttpResponse response;
@@ -322,6 +334,7 @@ Result<HttpResponse> HttpClient::perform(const HttpRequest& request) {
   else curl_easy_cleanup(h);
   if (transfer.consumer_refused) return Status::io(request.method + " " + request.url + ": body refused by its consumer");
   if (rc != CURLE_OK) {
+    *refused = rc == CURLE_COULDNT_CONNECT;
     std::string reason = error[0] ? error : curl_easy_strerror(rc);
     if (rc == kDeadlineMissed) {
       return Status::timeout(request.method + " " + request.url + ": " +

@@ -61,6 +61,10 @@ struct HttpRequest {
   // making progress.
   std::chrono::milliseconds first_byte_timeout{0};
   std::chrono::milliseconds stall_timeout{0};
+  // A refused connection (nothing listens on the port yet: a peer daemon
+  // still starting) is tried again every 10 ms until this long after the
+  // first attempt; 0 = fail at once.
+  std::chrono::milliseconds refused_retry{0};
 };
 
 struct HttpResponse {
@@ -90,6 +94,10 @@ class HttpClient {
   Result<HttpResponse> perform(const HttpRequest& request);
 
  private:
+  // One attempt; *refused says the connection was refused (curl's
+  // COULDNT_CONNECT), so nothing was sent.
+  Result<HttpResponse> perform_once(const HttpRequest& request, bool* refused);
+
   struct Shared;
   std::unique_ptr<Shared> shared_;
 };

@@ -54,6 +54,11 @@ backend::HttpRequest PeerClient::peer_request(const std::string& peer, const Blo
   req.connect_timeout = milliseconds(config_.peer_timeout_ms);
   req.first_byte_timeout = milliseconds(config_.peer_timeout_ms);
   req.stall_timeout = milliseconds(config_.peer_stall_ms);
+  // A member whose port refuses is most likely a daemon still starting
+  // (nodes of a rollout start together): waiting up to the same deadline
+  // for it beats fetching its units from the origin a second time. A dead
+  // one costs that deadline once, then it is out of rendezvous.
+  req.refused_retry = milliseconds(config_.peer_timeout_ms);
   return req;
 }
 

@@ -85,6 +85,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -590,19 +591,29 @@ class Node:
                 return True
         return False
 
-    def start(self, wait=20, poll=0.01):
+    def start(self, wait=20, poll=0.01, shared=False):
         """Writes the config and starts nydusd; returns once its FUSE mount
-        and API socket are up (checked every `poll` seconds)."""
+        and API socket are up (checked every `poll` seconds). shared=True:
+        a shared-mode daemon as nydus-snapshotter starts one (no image; the
+        `p2p` object from a daemon-level --p2p-config file); mount images
+        with mount_instance()."""
         if self.running:
             raise AssertionError(f"node {self.index} is running already")
-        self.config_path.write_text(json.dumps(self.config(), indent=1))
+        config = self.config()
+        self.config_path.write_text(json.dumps(config, indent=1))
         with contextlib.suppress(FileNotFoundError):
             self.apisock.unlink()
         self.starts += 1
         out = open(self.dir / f"stdout-{self.starts}.log", "wb")
-        args = ["ip", "netns", "exec", self.ns, str(NYDUSD), "fuse", "--bootstrap", str(self.cluster.image.bootstrap),
-                "--config", str(self.config_path), "--mountpoint", str(self.mountpoint), "--apisock",
-                str(self.apisock), "--log-file", str(self.log_path), "--log-level", "info"]
+        if shared:
+            p2p_path = self.dir / "p2p.json"
+            p2p_path.write_text(json.dumps({"p2p": config.get("p2p", {})}, indent=1))
+            image_args = ["--p2p-config", str(p2p_path)]
+        else:
+            image_args = ["--bootstrap", str(self.cluster.image.bootstrap), "--config", str(self.config_path)]
+        args = ["ip", "netns", "exec", self.ns, str(NYDUSD), "fuse", *image_args, "--mountpoint",
+                str(self.mountpoint), "--apisock", str(self.apisock), "--log-file", str(self.log_path),
+                "--log-level", "info"]
         self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         out.close()
         deadline = time.monotonic() + wait
@@ -670,11 +681,12 @@ class Node:
     def read_file(self, rel):
         return (self.root / rel).read_bytes()
 
-    def read_all(self, check=True, order=None, files=None):
+    def read_all(self, check=True, order=None, files=None, subdir=None):
         """Reads every file of the image (or `files`) and compares its sha256
         with the source tree. `order`: None (sorted), "reverse", or an int
         seed for a shuffled order. An OSError (EIO, ENOTCONN, ...) is recorded
-        and reading goes on. With check=True any error or mismatch fails."""
+        and reading goes on. With check=True any error or mismatch fails.
+        `subdir`: a shared daemon's instance (mount_instance)."""
         image = self.cluster.image
         names = sorted(files if files is not None else image.files)
         if order == "reverse":
@@ -682,7 +694,7 @@ class Node:
         elif isinstance(order, int):
             random.Random(order).shuffle(names)
         report = ReadReport(self.index)
-        root = self.root
+        root = self.root / subdir if subdir else self.root
         start = time.monotonic()
         for rel in names:
             try:
@@ -727,11 +739,15 @@ class Node:
 
     # API and logs
 
-    def api(self, path, method="GET"):
-        """(status, parsed JSON or text) of one API request over the unix socket."""
+    def api(self, path, method="GET", body=None):
+        """(status, parsed JSON or text) of one API request over the unix
+        socket; `body` (a dict) goes as JSON."""
         conn = _UnixHTTPConnection(self.apisock)
         try:
-            conn.request(method, path)
+            if body is None:
+                conn.request(method, path)
+            else:
+                conn.request(method, path, body=json.dumps(body), headers={"Content-Type": "application/json"})
             response = conn.getresponse()
             body = response.read()
         finally:
@@ -741,9 +757,25 @@ class Node:
         except ValueError:
             return response.status, body.decode(errors="replace")
 
-    def metrics(self):
-        """GET /api/v1/metrics/backend (dict)."""
-        status, body = self.api("/api/v1/metrics/backend")
+    def mount_instance(self, name, cache_dir=None):
+        """Mounts the image at <mountpoint>/<name> of a shared daemon through
+        POST /api/v1/mount, with this node's config minus the `p2p` object
+        (nydus-snapshotter's instance configs carry none); read it with
+        read_all(subdir=name)."""
+        config = {k: v for k, v in self.config().items() if k != "p2p"}
+        if cache_dir is not None:
+            config["device"]["cache"]["config"]["work_dir"] = str(cache_dir)
+        status, body = self.api(f"/api/v1/mount?mountpoint=%2F{name}", "POST",
+                                {"fs_type": "rafs", "source": str(self.cluster.image.bootstrap),
+                                 "config": json.dumps(config)})
+        if status != 204:
+            raise AssertionError(f"mounting /{name} on node {self.index}: {status} {body}")
+
+    def metrics(self, instance=None):
+        """GET /api/v1/metrics/backend (dict); a shared daemon needs the
+        `instance` ("/a") whose backend to show (its `p2p` part is the node's)."""
+        query = f"?id={urllib.parse.quote(instance, safe='')}" if instance else ""
+        status, body = self.api("/api/v1/metrics/backend" + query)
         if status != 200:
             raise AssertionError(f"metrics/backend of node {self.index}: {status} {body}")
         return body

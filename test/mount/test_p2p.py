@@ -182,6 +182,37 @@ def test_p2p_private_repository_is_shared():
             assert p2p["upload_bytes"] > 0, f"node {n.index} uploaded nothing: {p2p}"
 
 
+def test_p2p_shared_daemon_runs_one_node_for_all_its_mounts():
+    """A shared-mode daemon (no image at start, the `p2p` object from its
+    --p2p-config file, instance configs without one, as nydus-snapshotter
+    runs it) has one peer server and one piece store for all its mounts.
+    Node 0 runs shared with the image mounted at /a; node 1 runs the image
+    directly. Both read everything (node 1 from node 0's units through its
+    peer server); then node 0 mounts the image again at /b with a blob cache
+    of its own and reads it with the registry cut off: its bytes come from
+    the piece store the two mounts share (and node 1), none from the origin."""
+    with ph.Cluster(nodes=2) as c:
+        shared, plain = c.nodes
+        shared.start(shared=True)
+        plain.start()
+        shared.mount_instance("a")
+        shared.read_all(subdir="a")
+        plain.read_all()
+        assert_origin_within(c, 0, COLD_FACTOR, "shared daemon and a plain one")
+        listening = [l for l in shared.p2p_log_lines() if "peer server listening" in l]
+        assert len(listening) == 1, listening
+        store_hits = shared.metrics("/a")["p2p"]["store_hits"]
+        shared.mount_instance("b", cache_dir=shared.dir / "cache-b")
+        shared.cut_registry()
+        before = c.origin_bytes()
+        shared.read_all(subdir="b")
+        assert c.origin_bytes() == before
+        assert shared.metrics("/b")["p2p"]["store_hits"] > store_hits
+        p2p = plain.metrics()["p2p"]
+        assert p2p["peer_failures"] == 0 and p2p["upload_bytes"] > 0, p2p
+        assert [l for l in shared.p2p_log_lines() if "peer server listening" in l] == listening
+
+
 # ---------------------------------------------------------------------------
 # Faults
 
