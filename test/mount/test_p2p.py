@@ -164,6 +164,7 @@ def test_p2p_late_owner_sends_askers_to_the_next_owner():
         assert got == 0, f"node 1's read pulled {got} bytes from the origin again"
 
 
+@pytest.mark.once  # no code of its own for ASan: the Authorization is a string handed along
 def test_p2p_private_repository_is_shared():
     """The registry wants Basic auth for everything (a private repository).
     Two nodes read the image at once: an asking node passes the
