@@ -412,12 +412,10 @@ struct PeerServer::Impl {
       stream->length = length;
       stream->metrics = &m;
       stream->upload = &upload;
-      if (held_only) {
-        // Being fetched here (checked above): follow that fetch; no fetch of
-        // our own (Stream.fetch stays null: the stream ends with an error if
-        // that fetch fails).
-        m.owner_hits.fetch_add(1, std::memory_order_relaxed);
-      } else {
+      // Held-only and being fetched here (checked above): follow that fetch,
+      // no fetch of our own (Stream.fetch stays null: the stream ends with an
+      // error if that fetch fails); neither an owner hit nor a miss.
+      if (!held_only) {
         m.owner_misses.fetch_add(1, std::memory_order_relaxed);
         stream->fetch = std::make_shared<FetchState>();
         start_fetch(*blob, loc, span.first, length, stream->fetch);
