@@ -1165,18 +1165,7 @@ class Cluster:
     def _sync_registry_log(self, timeout=10, quiet=0.05):
         marker = f"np2p-sync={uuid.uuid4().hex}"
         self._registry_get(f"/v2/?{marker}")
-        deadline = time.monotonic() + timeout
-        while marker not in self.registry_log.read_text(errors="replace"):
-            if time.monotonic() > deadline:
-                raise AssertionError("docker-registry did not log a request")
-            time.sleep(0.005)
-        size = self.registry_log.stat().st_size
-        while True:
-            time.sleep(quiet)
-            grown = self.registry_log.stat().st_size
-            if grown == size:
-                return
-            size = grown
+        rh.wait_for_log_line(self.registry_log, marker, timeout, quiet)
 
     def origin_requests(self, settle=True):
         """OriginRequest(method, uri, status, written, client, agent) of each

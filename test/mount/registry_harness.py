@@ -779,18 +779,7 @@ class Registry:
             connection.getresponse().read()
         finally:
             connection.close()
-        deadline = time.monotonic() + timeout
-        while marker not in self.log():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"docker-registry did not log a request within {timeout}s")
-            time.sleep(0.002)
-        size = self.log_path.stat().st_size
-        while True:
-            time.sleep(quiet)
-            grown = self.log_path.stat().st_size
-            if grown == size:
-                return
-            size = grown
+        wait_for_log_line(self.log_path, marker, timeout, quiet)
 
     def mark(self):
         """A position in the access log, for counting only the requests after it."""
@@ -863,6 +852,26 @@ class _RegistryClient:
 
 def _content(source):
     return source if isinstance(source, (bytes, bytearray)) else pathlib.Path(source).read_bytes()
+
+
+def wait_for_log_line(log_path, marker, timeout, quiet):
+    """Waits until the file `log_path` holds `marker` (the log line of a
+    request just made), then until it has not grown for `quiet` seconds: a
+    registry logs a request only after answering it, so once the marker's
+    line is in and the log is quiet, the lines of every request answered
+    before are in too."""
+    deadline = time.monotonic() + timeout
+    while marker not in log_path.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"docker-registry did not log a request within {timeout}s")
+        time.sleep(0.002)
+    size = log_path.stat().st_size
+    while True:
+        time.sleep(quiet)
+        grown = log_path.stat().st_size
+        if grown == size:
+            return
+        size = grown
 
 
 def push_blob(registry, repo, source):
