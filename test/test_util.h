@@ -3,10 +3,14 @@
 
 #include <stdlib.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace nydus::test {
 
@@ -22,6 +26,21 @@ inline std::string fixture(const std::string& relative) { return fixtures_dir() 
 // True under CI ($CI set): tests that need root, /dev/fuse or a tool must
 // then fail when it is missing, never skip.
 inline bool in_ci() { return std::getenv("CI") != nullptr; }
+
+// The whole file at `path`; throws (a test failure) naming it when it
+// cannot be read.
+inline std::vector<uint8_t> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in.good()) throw std::runtime_error("cannot read " + path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Replaces the file at `path` with `data`; throws naming it on failure.
+inline void write_file(const std::string& path, const std::vector<uint8_t>& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+  if (!out.good()) throw std::runtime_error("cannot write " + path);
+}
 
 // A fresh directory under the system temp dir, removed with its contents
 // when the object goes away. Throws (a test failure) if it cannot be made.

@@ -13,8 +13,6 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <random>
 #include <string>
 #include <thread>
@@ -35,21 +33,11 @@ using nydus::Code;
 using nydus::Status;
 using nydus::backend::BlobCacheFile;
 using nydus::backend::ChunkMap;
+using nydus::test::read_file;
 using nydus::test::TempDir;
+using nydus::test::write_file;
 
 const char kBlobId[] = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef";
-
-std::vector<uint8_t> read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_all(const std::string& path, const std::vector<uint8_t>& data) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
-  REQUIRE(out.good());
-}
 
 uint32_t u32_at(const std::vector<uint8_t>& b, size_t off) {
   return uint32_t(b[off]) | uint32_t(b[off + 1]) << 8 | uint32_t(b[off + 2]) << 16 | uint32_t(b[off + 3]) << 24;
@@ -106,7 +94,7 @@ TEST_CASE("chunk_map: new file is byte-exact upstream layout", "[backend][chunk_
     CHECK_FALSE(map->all_ready());
     CHECK(map->version() == 1);
 
-    auto bytes = read_all(path);
+    auto bytes = read_file(path);
     REQUIRE(bytes.size() == 4096 + 3);  // ceil(20/8) = 3
     std::vector<uint8_t> expected = upstream_header(false);
     expected.resize(4096 + 3, 0);
@@ -122,7 +110,7 @@ TEST_CASE("chunk_map: new file is byte-exact upstream layout", "[backend][chunk_
     REQUIRE(map->set_ready(19).ok());
     REQUIRE(map->set_ready(19).ok());  // idempotent
     CHECK(map->ready_count() == 3);
-    bytes = read_all(path);
+    bytes = read_file(path);
     CHECK(bytes[4096] == 0x80);  // chunk 0: bit 0x80 of byte 0
     CHECK(bytes[4097] == 0x40);  // chunk 9: 0x80 >> 1 of byte 1
     CHECK(bytes[4098] == 0x10);  // chunk 19: 0x80 >> 3 of byte 2
@@ -144,7 +132,7 @@ TEST_CASE("chunk_map: MSB-first bit order", "[backend][chunk_map]") {
     const std::string path = dir / ("m" + std::to_string(i));
     auto map = open_map(path, 16);
     REQUIRE(map->set_ready(i).ok());
-    auto bytes = read_all(path);
+    auto bytes = read_file(path);
     REQUIRE(bytes.size() == 4096 + 2);
     const uint8_t want = static_cast<uint8_t>(0x80u >> (i & 7));
     CHECK(bytes[4096 + (i >> 3)] == want);
@@ -153,7 +141,7 @@ TEST_CASE("chunk_map: MSB-first bit order", "[backend][chunk_map]") {
   // Upstream's own doc example: set_ready(3) on [0, 0] gives [0b00010000, 0].
   auto map = open_map(dir / "doc", 16);
   REQUIRE(map->set_ready(3).ok());
-  auto bytes = read_all(dir / "doc");
+  auto bytes = read_file(dir / "doc");
   CHECK(bytes[4096] == 0b00010000);
   CHECK(bytes[4097] == 0);
 }
@@ -177,7 +165,7 @@ TEST_CASE("chunk_map: reopen keeps bits; files made by upstream are read", "[bac
     bytes.resize(4096 + 2, 0);
     bytes[4096] = 0b10100000;  // chunks 0 and 2
     bytes[4097] = 0b00000001;  // chunk 15
-    write_all(dir / "up", bytes);
+    write_file(dir / "up", bytes);
     auto map = open_map(dir / "up", 16);
     CHECK(map->ready_count() == 3);
     for (uint32_t i = 0; i < 16; ++i) CHECK(map->is_ready(i) == (i == 0 || i == 2 || i == 15));
@@ -187,18 +175,18 @@ TEST_CASE("chunk_map: reopen keeps bits; files made by upstream are read", "[bac
     bytes.resize(4096 + 2, 0);
     bytes[4096] = 0xFF;
     bytes[4097] = 0b10011111;  // chunk 8 set, padding (chunks 11..15) set
-    write_all(dir / "pad", bytes);
+    write_file(dir / "pad", bytes);
     auto map = open_map(dir / "pad", 11);
     CHECK(map->ready_count() == 9);
     CHECK_FALSE(map->all_ready());
     CHECK_FALSE(map->is_ready(9));
     CHECK_FALSE(map->is_ready(10));
-    CHECK(u32_at(read_all(dir / "pad"), 12) == 0);
+    CHECK(u32_at(read_file(dir / "pad"), 12) == 0);
   }
   SECTION("all_ready in the header means every chunk is ready") {
     auto bytes = upstream_header(true);
     bytes.resize(4096 + 1, 0);  // bits all clear: the header wins, as upstream
-    write_all(dir / "ar", bytes);
+    write_file(dir / "ar", bytes);
     auto map = open_map(dir / "ar", 5);
     CHECK(map->all_ready());
     CHECK(map->ready_count() == 5);
@@ -206,14 +194,14 @@ TEST_CASE("chunk_map: reopen keeps bits; files made by upstream are read", "[bac
     CHECK_FALSE(map->is_ready(5));
     REQUIRE(map->set_ready(2).ok());  // sets the bit, counter stays sane
     CHECK(map->ready_count() == 5);
-    CHECK(read_all(dir / "ar")[4096] == 0x20);
+    CHECK(read_file(dir / "ar")[4096] == 0x20);
   }
   SECTION("version 0 header is accepted and left as it is") {
     std::vector<uint8_t> bytes(4096 + 1, 0);
     const uint8_t v0[8] = {0x50, 0x41, 0x4D, 0x42, 0, 0, 0, 0};
     std::memcpy(bytes.data(), v0, sizeof v0);
     bytes[4096] = 0b01000000;  // chunk 1
-    write_all(dir / "v0", bytes);
+    write_file(dir / "v0", bytes);
     auto map = open_map(dir / "v0", 3);
     CHECK(map->version() == 0);
     CHECK(map->is_ready(1));
@@ -221,7 +209,7 @@ TEST_CASE("chunk_map: reopen keeps bits; files made by upstream are read", "[bac
     REQUIRE(map->set_ready(0).ok());
     REQUIRE(map->set_ready(2).ok());
     CHECK(map->all_ready());
-    auto after = read_all(dir / "v0");
+    auto after = read_file(dir / "v0");
     CHECK(std::equal(after.begin(), after.begin() + 4096, bytes.begin()));  // header untouched
     CHECK(after[4096] == 0b11100000);
   }
@@ -234,12 +222,12 @@ TEST_CASE("chunk_map: all_ready is written when the last bit is set and at open"
     auto map = open_map(path, 10);
     for (uint32_t i = 0; i < 9; ++i) REQUIRE(map->set_ready(i).ok());
     CHECK_FALSE(map->all_ready());
-    CHECK(u32_at(read_all(path), 12) == 0);
+    CHECK(u32_at(read_file(path), 12) == 0);
     REQUIRE(map->set_ready(9).ok());
     CHECK(map->all_ready());
     CHECK(map->ready_count() == 10);
   }
-  auto bytes = read_all(path);
+  auto bytes = read_file(path);
   REQUIRE(bytes.size() == 4096 + 2);
   std::vector<uint8_t> expected = upstream_header(true);
   expected.push_back(0xFF);
@@ -250,12 +238,12 @@ TEST_CASE("chunk_map: all_ready is written when the last bit is set and at open"
   // run time): opening writes it.
   auto clear = expected;
   clear[12] = clear[13] = clear[14] = clear[15] = 0;
-  write_all(path, clear);
+  write_file(path, clear);
   {
     auto map = open_map(path, 10);
     CHECK(map->all_ready());
   }
-  CHECK(read_all(path) == expected);
+  CHECK(read_file(path) == expected);
 }
 
 TEST_CASE("chunk_map: wrong size and bad headers are refused", "[backend][chunk_map]") {
@@ -268,13 +256,13 @@ TEST_CASE("chunk_map: wrong size and bad headers are refused", "[backend][chunk_
   CHECK(contains(r.status().message(), path));
   CHECK(contains(r.status().message(), "4098"));
   CHECK(contains(r.status().message(), "4099"));
-  CHECK(read_all(path).size() == 4098);  // left alone
+  CHECK(read_file(path).size() == 4098);  // left alone
 
-  auto good = read_all(path);
+  auto good = read_file(path);
   SECTION("bad magic with data") {
     auto b = good;
     b[0] = 0x51;
-    write_all(path, b);
+    write_file(path, b);
     auto m = ChunkMap::open(path, 16);
     REQUIRE_FALSE(m.ok());
     CHECK(contains(m.status().message(), path));
@@ -283,13 +271,13 @@ TEST_CASE("chunk_map: wrong size and bad headers are refused", "[backend][chunk_
   SECTION("zero magic but a non-zero bitmap byte") {
     std::vector<uint8_t> b(4098, 0);
     b[4097] = 1;
-    write_all(path, b);
+    write_file(path, b);
     CHECK_FALSE(ChunkMap::open(path, 16).ok());
   }
   SECTION("bad magic2") {
     auto b = good;
     b[8] = 0;
-    write_all(path, b);
+    write_file(path, b);
     auto m = ChunkMap::open(path, 16);
     REQUIRE_FALSE(m.ok());
     CHECK(contains(m.status().message(), "magic2"));
@@ -304,13 +292,13 @@ TEST_CASE("chunk_map: wrong size and bad headers are refused", "[backend][chunk_
 TEST_CASE("chunk_map: an all-zero file (crash during creation) is repaired", "[backend][chunk_map]") {
   TempDir dir;
   const std::string path = dir / "map";
-  write_all(path, std::vector<uint8_t>(4096 + 4, 0));
+  write_file(path, std::vector<uint8_t>(4096 + 4, 0));
   {
     auto map = open_map(path, 30);
     CHECK(map->ready_count() == 0);
     REQUIRE(map->set_ready(29).ok());
   }
-  auto bytes = read_all(path);
+  auto bytes = read_file(path);
   auto expected = upstream_header(false);
   expected.resize(4096 + 4, 0);
   expected[4096 + 3] = 0x04;  // chunk 29: 0x80 >> 5
@@ -365,13 +353,13 @@ TEST_CASE("chunk_map: concurrent set_ready counts every bit exactly once", "[bac
     CHECK(map->is_ready(i) == (i % 2 == 0));
     CHECK(other->is_ready(i) == (i % 2 == 0));
   }
-  CHECK(u32_at(read_all(path), 12) == 0);
+  CHECK(u32_at(read_file(path), 12) == 0);
   run(1);
   CHECK(map->ready_count() == kN);
   CHECK(map->all_ready());
   CHECK(other->all_ready());  // counted as well, or sees the header
 
-  auto bytes = read_all(path);
+  auto bytes = read_file(path);
   REQUIRE(bytes.size() == 4096 + (kN + 7) / 8);
   CHECK(u32_at(bytes, 12) == 0x4D4D4150);
   for (size_t i = 4096; i + 1 < bytes.size(); ++i) REQUIRE(bytes[i] == 0xFF);
@@ -437,12 +425,12 @@ TEST_CASE("blob cache: commit/read round trip and reopen", "[backend][blob_cache
     CHECK(b1 == c1);
   }
   // The data file holds the chunks at their uncompressed offsets.
-  auto data = read_all(work + "/" + kBlobId + ".blob.data");
+  auto data = read_file(work + "/" + kBlobId + ".blob.data");
   REQUIRE(data.size() == kSize);
   CHECK(std::equal(c0.begin(), c0.end(), data.begin()));
   CHECK(std::equal(c1.begin(), c1.end(), data.begin() + 4096));
   CHECK(std::equal(c2.begin(), c2.end(), data.begin() + 3 * 4096));
-  CHECK(u32_at(read_all(work + "/" + kBlobId + ".blob.data.chunk_map"), 12) == 0x4D4D4150);
+  CHECK(u32_at(read_file(work + "/" + kBlobId + ".blob.data.chunk_map"), 12) == 0x4D4D4150);
   CHECK(open_fd_count() == fds);
 }
 
@@ -473,7 +461,7 @@ TEST_CASE("blob cache: data file size rules", "[backend][blob_cache]") {
     CHECK(buf == std::vector<uint8_t>(4096, 0x42));
   }
   SECTION("larger file is refused with upstream's message") {
-    write_all(data, std::vector<uint8_t>(8193, 0));
+    write_file(data, std::vector<uint8_t>(8193, 0));
     auto r = BlobCacheFile::open(dir.path(), kBlobId, 8192, 2);
     REQUIRE_FALSE(r.ok());
     CHECK(r.status().code() == Code::kInvalidInput);
@@ -490,7 +478,7 @@ TEST_CASE("blob cache: data file size rules", "[backend][blob_cache]") {
     auto cache = open_cache(dir.path(), 8192, 2);
     CHECK_FALSE(cache->is_ready(0));
     CHECK(cache->ready_count() == 0);
-    CHECK(read_all(map)[4096] == 0);
+    CHECK(read_file(map)[4096] == 0);
   }
   SECTION("chunk_map of another chunk count fails the open") {
     { open_cache(dir.path(), 8192, 2); }
@@ -502,7 +490,7 @@ TEST_CASE("blob cache: data file size rules", "[backend][blob_cache]") {
     CHECK(BlobCacheFile::open(dir.path(), "../x", 10, 1).status().code() == Code::kInvalidInput);
     CHECK(BlobCacheFile::open(dir.path(), "", 10, 1).status().code() == Code::kInvalidInput);
     CHECK(BlobCacheFile::open(dir.path(), "a/b", 10, 1).status().code() == Code::kInvalidInput);
-    write_all(dir / "file", {1});
+    write_file(dir / "file", {1});
     auto r = BlobCacheFile::open(dir / "file", kBlobId, 10, 1);
     CHECK(r.status().code() == Code::kNotDir);
     CHECK(contains(r.status().message(), dir / "file"));
@@ -665,7 +653,7 @@ TEST_CASE("blob.meta file: upstream layout, read back by parse_blob_meta_file", 
   REQUIRE(image.ok());
   const BlobInfo& blob = (*image)->blobs().at(0);
   REQUIRE(blob.id == kBlobId);
-  auto raw = read_all(nydus::test::fixture(std::string("blobs/") + kBlobId));
+  auto raw = read_file(nydus::test::fixture(std::string("blobs/") + kBlobId));
 
   // The ci table and its header as they sit in the blob.
   REQUIRE(blob.meta_ci_offset + blob.meta_ci_compressed_size + 4096 <= raw.size());
@@ -681,7 +669,7 @@ TEST_CASE("blob.meta file: upstream layout, read back by parse_blob_meta_file", 
   REQUIRE(s.ok());
   const std::string path = nydus::backend::blob_meta_path(work, kBlobId);
   CHECK(path == work + "/" + kBlobId + ".blob.meta");
-  auto file = read_all(path);
+  auto file = read_file(path);
   const uint64_t aligned = nydus::round_up_4k(ci.size());
   REQUIRE(file.size() == 4096 + aligned);
   CHECK(std::equal(ci.begin(), ci.end(), file.begin()));
@@ -703,9 +691,9 @@ TEST_CASE("blob.meta file: upstream layout, read back by parse_blob_meta_file", 
   CHECK(entries == 1);
 
   SECTION("rewriting replaces the file whole") {
-    write_all(path, std::vector<uint8_t>(100, 0x77));  // a torn leftover from someone else
+    write_file(path, std::vector<uint8_t>(100, 0x77));  // a torn leftover from someone else
     REQUIRE(nydus::backend::write_blob_meta_file(work, kBlobId, ci, header).ok());
-    CHECK(read_all(path) == file);
+    CHECK(read_file(path) == file);
   }
   SECTION("inconsistent input writes nothing") {
     fs::remove(path);
@@ -725,7 +713,7 @@ TEST_CASE("blob.meta file: upstream layout, read back by parse_blob_meta_file", 
 
 TEST_CASE("blob.meta file: reproduces an upstream-written cache file byte for byte", "[backend][blob_meta_file]") {
   const std::string id = "233c72f2b6b698c07021c4da367cfe2dff4f049efbaa885ca0ff760ea297865a";
-  auto upstream = read_all(nydus::test::fixture("zran/" + id + ".blob.meta"));
+  auto upstream = read_file(nydus::test::fixture("zran/" + id + ".blob.meta"));
   REQUIRE(upstream.size() > 4096);
   auto header = std::span<const uint8_t>(upstream).last(4096);
   auto parsed = nydus::bootstrap::parse_blob_meta_header(header, nydus::bootstrap::BlobInfo{});
@@ -734,7 +722,7 @@ TEST_CASE("blob.meta file: reproduces an upstream-written cache file byte for by
 
   TempDir dir;
   REQUIRE(nydus::backend::write_blob_meta_file(dir.path(), id, ci, header).ok());
-  CHECK(read_all(nydus::backend::blob_meta_path(dir.path(), id)) == upstream);
+  CHECK(read_file(nydus::backend::blob_meta_path(dir.path(), id)) == upstream);
 }
 
 TEST_CASE("chunk_map: bits another instance sets are counted, and completing them marks all_ready", "[backend][chunk_map]") {
@@ -751,7 +739,7 @@ TEST_CASE("chunk_map: bits another instance sets are counted, and completing the
   CHECK_FALSE(b->all_ready());
   CHECK(a->ready_count() == kN);
   CHECK(a->all_ready());
-  CHECK(u32_at(read_all(path), 12) == 0x4D4D4150);  // the header says so for the next open
+  CHECK(u32_at(read_file(path), 12) == 0x4D4D4150);  // the header says so for the next open
   CHECK(b->all_ready());                            // b sees the header
   CHECK(b->ready_count() == kN);
   auto reopened = open_map(path, kN);

@@ -3,8 +3,6 @@
 // mutation sweep.
 #include <catch2/catch.hpp>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <string>
 #include <vector>
@@ -20,12 +18,6 @@ using namespace nydus::bootstrap;
 namespace {
 
 const char* const kBlobId = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef";
-
-std::vector<uint8_t> read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 std::span<const uint8_t> sub(const std::vector<uint8_t>& b, uint64_t off, uint64_t len) {
   REQUIRE(off <= b.size());
@@ -57,7 +49,7 @@ std::vector<Section> walk_tail(const std::vector<uint8_t>& blob) {
 }  // namespace
 
 TEST_CASE("blob tail: tar headers, ToC, blob.meta of the v6 fixture blob", "[bootstrap][blob_meta]") {
-  auto blob = read_all(test::fixture(std::string("blobs/") + kBlobId));
+  auto blob = test::read_file(test::fixture(std::string("blobs/") + kBlobId));
   REQUIRE(blob.size() == 14554);
   auto image = Image::open(test::fixture("bootstrap/rafs-v6-2.2.boot"));
   REQUIRE(image.ok());
@@ -168,7 +160,7 @@ TEST_CASE("blob tail: tar headers, ToC, blob.meta of the v6 fixture blob", "[boo
 }
 
 TEST_CASE("blob.meta cache file with a zran index (rafs-format.md 8.5)", "[bootstrap][blob_meta]") {
-  auto file = read_all(
+  auto file = test::read_file(
       test::fixture("zran/233c72f2b6b698c07021c4da367cfe2dff4f049efbaa885ca0ff760ea297865a.blob.meta"));
   auto header = parse_blob_meta_file(file, BlobInfo{});
   INFO(header.status().message());
@@ -311,7 +303,7 @@ TEST_CASE("chunk info v1/v2 bit layouts", "[bootstrap][blob_meta]") {
 }
 
 TEST_CASE("tar headers and ToC refuse malformed input", "[bootstrap][blob_meta]") {
-  auto blob = read_all(test::fixture(std::string("blobs/") + kBlobId));
+  auto blob = test::read_file(test::fixture(std::string("blobs/") + kBlobId));
   auto hdr = sub(blob, blob.size() - 512, 512);
   std::vector<uint8_t> good(hdr.begin(), hdr.end());
   REQUIRE(parse_tar_header(good).ok());
@@ -346,7 +338,7 @@ TEST_CASE("tar headers and ToC refuse malformed input", "[bootstrap][blob_meta]"
 }
 
 TEST_CASE("blob tail parsers survive mutations", "[bootstrap][blob_meta][robust]") {
-  auto blob = read_all(test::fixture(std::string("blobs/") + kBlobId));
+  auto blob = test::read_file(test::fixture(std::string("blobs/") + kBlobId));
   auto tail = std::vector<uint8_t>(blob.begin() + 0x207a, blob.end());  // ci .. end
   uint64_t seed = 0x243f6a8885a308d3ull;
   auto next = [&] {

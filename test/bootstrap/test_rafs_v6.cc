@@ -11,8 +11,6 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <deque>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <set>
 #include <string>
@@ -30,13 +28,7 @@ namespace {
 
 const char* const kBlobId = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef";
 
-std::vector<uint8_t> read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::vector<uint8_t> fixture_bytes() { return read_all(test::fixture("bootstrap/rafs-v6-2.2.boot")); }
+std::vector<uint8_t> fixture_bytes() { return test::read_file(test::fixture("bootstrap/rafs-v6-2.2.boot")); }
 
 std::string hex_of(const Digest& d) { return to_hex(d); }
 

@@ -10,8 +10,6 @@
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -31,7 +29,9 @@ using nydus::p2p::PieceMap;
 using nydus::p2p::PieceStore;
 using nydus::p2p::PieceStoreOptions;
 using nydus::p2p::StoredBlob;
+using nydus::test::read_file;
 using nydus::test::TempDir;
+using nydus::test::write_file;
 using Clock = StoredBlob::Clock;
 using namespace std::chrono_literals;
 
@@ -48,18 +48,6 @@ std::vector<uint8_t> pattern(uint64_t size, uint8_t seed = 1) {
   std::vector<uint8_t> v(size);
   for (uint64_t i = 0; i < size; ++i) v[i] = static_cast<uint8_t>((i * 131 + (i >> 9) * 7 + seed) & 0xff);
   return v;
-}
-
-std::vector<uint8_t> read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_all(const std::string& path, const std::vector<uint8_t>& data) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
-  REQUIRE(out.good());
 }
 
 std::unique_ptr<PieceStore> open_store(const std::string& dir, uint64_t capacity = 0, uint32_t gs = kGs) {
@@ -308,7 +296,7 @@ TEST_CASE("piece store: readiness and bytes survive a reopen", "[p2p][piece_stor
   expected.granule_size = kGs;
   expected.blob_size = size;
   expected.bitmap = {0b0000'0101, 0, 0b0001'1110};
-  CHECK(read_all(dir / (kHexA + ".piece.map")) == nydus::p2p::serialize_piece_map(expected));
+  CHECK(read_file(dir / (kHexA + ".piece.map")) == nydus::p2p::serialize_piece_map(expected));
 }
 
 TEST_CASE("piece map: codec round trip and refusals", "[p2p][piece_map]") {
@@ -371,23 +359,23 @@ TEST_CASE("piece store: damaged maps are dropped, the store still opens", "[p2p]
   }
   auto map_path = [&](const std::string& h) { return dir / (h + ".piece.map"); };
   auto data_path = [&](const std::string& h) { return dir / (h + ".piece"); };
-  const auto good = read_all(map_path(kHexA));
+  const auto good = read_file(map_path(kHexA));
   // B: truncated.
-  write_all(map_path(kHexB), std::vector<uint8_t>(good.begin(), good.begin() + 20));
+  write_file(map_path(kHexB), std::vector<uint8_t>(good.begin(), good.begin() + 20));
   // C: bad magic.
   auto magic = good;
   magic[3] = 'x';
-  write_all(map_path(kHexC), magic);
+  write_file(map_path(kHexC), magic);
   // D: wrong size (one byte more).
   auto longer = good;
   longer.push_back(0);
-  write_all(map_path(kHexD), longer);
+  write_file(map_path(kHexD), longer);
   // E: a bit set beyond the blob's 11 granules, with a valid checksum.
   PieceMap beyond;
   beyond.granule_size = kGs;
   beyond.blob_size = size;
   beyond.bitmap = {0xff, 0x0f};
-  write_all(map_path(kHexE), nydus::p2p::serialize_piece_map(beyond));
+  write_file(map_path(kHexE), nydus::p2p::serialize_piece_map(beyond));
   // 1: the data file is shorter than its ready granules.
   fs::resize_file(data_path(hexes[5]), size - 1);
   // 2: the map was made with another granule size.
@@ -395,13 +383,13 @@ TEST_CASE("piece store: damaged maps are dropped, the store still opens", "[p2p]
   other_gs.granule_size = 2 * kGs;
   other_gs.blob_size = size;
   other_gs.bitmap = {0x3f};
-  write_all(map_path(hexes[6]), nydus::p2p::serialize_piece_map(other_gs));
+  write_file(map_path(hexes[6]), nydus::p2p::serialize_piece_map(other_gs));
   // 3: the data file is gone.
   fs::remove(data_path(hexes[7]));
   // Leftovers of interrupted creations, and files the store does not own.
-  write_all(dir / (std::string(64, '9') + ".piece"), {1, 2, 3});
-  write_all(dir / (std::string(64, '8') + ".piece.map.tmp"), {1});
-  write_all(dir / "README", {'h', 'i'});
+  write_file(dir / (std::string(64, '9') + ".piece"), {1, 2, 3});
+  write_file(dir / (std::string(64, '8') + ".piece.map.tmp"), {1});
+  write_file(dir / "README", {'h', 'i'});
 
   auto store = open_store(dir.path());
   CHECK(store->used_bytes() == size);
