@@ -268,6 +268,17 @@ P2pConfig static_config() {
   return c;
 }
 
+// The static members with health checks fast enough to watch: a failed
+// peer is probed after 10 ms, a peer that sent bad data only after 10 min.
+std::unique_ptr<Membership> start_probed(FakeProber& probe) {
+  P2pConfig c = static_config();
+  c.failure_backoff_ms = 10;
+  c.bad_data_backoff_ms = 600000;
+  auto started = Membership::start(c, nullptr, probe.prober());
+  REQUIRE(started.ok());
+  return std::move(*started);
+}
+
 template <typename Pred>
 bool eventually(Pred pred, std::chrono::milliseconds limit = 2000ms) {
   const auto give_up = std::chrono::steady_clock::now() + limit;
@@ -476,12 +487,8 @@ TEST_CASE("Membership: the background thread re-resolves every dns_refresh_ms", 
 
 TEST_CASE("Membership: report_failure takes a peer out at once; the prober puts it back", "[p2p][membership]") {
   FakeProber probe;
-  P2pConfig c = static_config();
-  c.failure_backoff_ms = 10;
-  c.bad_data_backoff_ms = 600000;
-  auto started = Membership::start(c, nullptr, probe.prober());
-  REQUIRE(started.ok());
-  Membership& m = **started;
+  auto probed = start_probed(probe);
+  Membership& m = *probed;
   const std::string peer = "10.0.0.2:65002";
 
   m.report_failure(peer, /*bad_data=*/false);
@@ -508,12 +515,8 @@ TEST_CASE("Membership: report_failure takes a peer out at once; the prober puts 
 TEST_CASE("Membership: bad data keeps a peer out for bad_data_backoff_ms before any probe", "[p2p][membership]") {
   FakeProber probe;
   probe.up = true;
-  P2pConfig c = static_config();
-  c.failure_backoff_ms = 10;
-  c.bad_data_backoff_ms = 600000;
-  auto started = Membership::start(c, nullptr, probe.prober());
-  REQUIRE(started.ok());
-  Membership& m = **started;
+  auto probed = start_probed(probe);
+  Membership& m = *probed;
   const std::string peer = "10.0.0.3:65002";
   m.report_failure(peer, /*bad_data=*/true);
   // A later plain failure does not shorten the bad-data backoff.
