@@ -1,6 +1,9 @@
 #include "daemon/p2p_runtime.h"
 
+#include <atomic>
+#include <cstdint>
 #include <mutex>
+#include <string>
 
 #include "common/log.h"
 #include "p2p/p2p_node.h"
@@ -102,6 +105,38 @@ void P2pRuntime::shutdown() {
   node.reset();
 }
 
+namespace {
+
+// Every P2P counter once: its key in the metrics JSON (the Prometheus name
+// is nydusd_p2p_<key>_total), its Prometheus help and where it lives.
+struct P2pCounter {
+  const char* key;
+  const char* help;
+  std::atomic<uint64_t> p2p::P2pMetrics::*field;
+};
+constexpr P2pCounter kP2pCounters[] = {
+    {"upload_requests", "Blob range requests the peer server answered with data.", &p2p::P2pMetrics::upload_requests},
+    {"upload_bytes", "Body bytes the peer server sent.", &p2p::P2pMetrics::upload_bytes},
+    {"upload_errors", "Peer-server requests refused or aborted.", &p2p::P2pMetrics::upload_errors},
+    {"owner_hits", "Asked-for ranges already in the piece store.", &p2p::P2pMetrics::owner_hits},
+    {"owner_misses", "Asked-for ranges fetched from the origin for the asker.", &p2p::P2pMetrics::owner_misses},
+    {"origin_requests", "Origin GETs the peer server made for askers.", &p2p::P2pMetrics::origin_requests},
+    {"origin_bytes", "Bytes the peer server fetched from origins.", &p2p::P2pMetrics::origin_bytes},
+    {"passthrough_requests", "Non-blob requests passed through to the origin unchanged.",
+     &p2p::P2pMetrics::passthrough_requests},
+    {"peer_requests", "Ranges this node asked peers for.", &p2p::P2pMetrics::peer_requests},
+    {"peer_failures", "Peer requests that failed.", &p2p::P2pMetrics::peer_failures},
+    {"verify_failures", "Peer or piece-store bytes that failed verification.", &p2p::P2pMetrics::verify_failures},
+    {"store_hits", "Ranges read from the local piece store.", &p2p::P2pMetrics::store_hits},
+    {"fallbacks_to_origin", "Ranges this node fetched from the origin itself.", &p2p::P2pMetrics::fallbacks_to_origin},
+    {"redirects_sent", "Askers of a hot unit sent to a holder.", &p2p::P2pMetrics::redirects_sent},
+    {"redirects_followed", "Redirects to a holder this node followed.", &p2p::P2pMetrics::redirects_followed},
+    {"fallback_redirects", "Askers sent to the next owner while this node had just started.",
+     &p2p::P2pMetrics::fallback_redirects},
+};
+
+}  // namespace
+
 nlohmann::json P2pRuntime::metrics_json() {
   p2p::P2pNode* node = P2pRuntime::node();
   if (!node) return nullptr;
@@ -110,22 +145,7 @@ nlohmann::json P2pRuntime::metrics_json() {
   nlohmann::ordered_json j;
   j["self"] = node->self();
   j["members"] = *node->membership().members();
-  j["upload_requests"] = load(m.upload_requests);
-  j["upload_bytes"] = load(m.upload_bytes);
-  j["upload_errors"] = load(m.upload_errors);
-  j["owner_hits"] = load(m.owner_hits);
-  j["owner_misses"] = load(m.owner_misses);
-  j["origin_requests"] = load(m.origin_requests);
-  j["origin_bytes"] = load(m.origin_bytes);
-  j["passthrough_requests"] = load(m.passthrough_requests);
-  j["peer_requests"] = load(m.peer_requests);
-  j["peer_failures"] = load(m.peer_failures);
-  j["verify_failures"] = load(m.verify_failures);
-  j["store_hits"] = load(m.store_hits);
-  j["fallbacks_to_origin"] = load(m.fallbacks_to_origin);
-  j["redirects_sent"] = load(m.redirects_sent);
-  j["redirects_followed"] = load(m.redirects_followed);
-  j["fallback_redirects"] = load(m.fallback_redirects);
+  for (const P2pCounter& c : kP2pCounters) j[c.key] = load(m.*c.field);
   j["store_used_bytes"] = node->store().used_bytes();
   j["store_evicted_blobs"] = node->store().evicted_blobs();
   nlohmann::ordered_json uploads = nlohmann::ordered_json::object();
@@ -141,25 +161,11 @@ std::string P2pRuntime::prometheus_text() {
   if (!node) return "";
   const p2p::P2pMetrics& m = node->metrics();
   std::string out;
-  auto counter = [&](const char* name, const char* help, uint64_t value) {
-    out += std::string("# HELP nydusd_p2p_") + name + " " + help + "\n# TYPE nydusd_p2p_" + name + " counter\nnydusd_p2p_" +
-           name + " " + std::to_string(value) + "\n";
-  };
-  counter("upload_requests_total", "Blob range requests the peer server answered with data.", m.upload_requests.load());
-  counter("upload_bytes_total", "Body bytes the peer server sent.", m.upload_bytes.load());
-  counter("upload_errors_total", "Peer-server requests refused or aborted.", m.upload_errors.load());
-  counter("owner_hits_total", "Asked-for ranges already in the piece store.", m.owner_hits.load());
-  counter("owner_misses_total", "Asked-for ranges fetched from the origin for the asker.", m.owner_misses.load());
-  counter("origin_bytes_total", "Bytes the peer server fetched from origins.", m.origin_bytes.load());
-  counter("peer_requests_total", "Ranges this node asked peers for.", m.peer_requests.load());
-  counter("peer_failures_total", "Peer requests that failed.", m.peer_failures.load());
-  counter("verify_failures_total", "Peer or piece-store bytes that failed verification.", m.verify_failures.load());
-  counter("store_hits_total", "Ranges read from the local piece store.", m.store_hits.load());
-  counter("fallbacks_to_origin_total", "Ranges this node fetched from the origin itself.", m.fallbacks_to_origin.load());
-  counter("redirects_sent_total", "Askers of a hot unit sent to a holder.", m.redirects_sent.load());
-  counter("redirects_followed_total", "Redirects to a holder this node followed.", m.redirects_followed.load());
-  counter("fallback_redirects_total", "Askers sent to the next owner while this node had just started.",
-          m.fallback_redirects.load());
+  for (const P2pCounter& c : kP2pCounters) {
+    const std::string name = std::string("nydusd_p2p_") + c.key + "_total";
+    out += "# HELP " + name + " " + c.help + "\n# TYPE " + name + " counter\n" + name + " " +
+           std::to_string((m.*c.field).load(std::memory_order_relaxed)) + "\n";
+  }
   out += "# HELP nydusd_p2p_uploaded_bytes_total Bytes uploaded per asking peer.\n"
          "# TYPE nydusd_p2p_uploaded_bytes_total counter\n";
   m.for_each_upload([&](const p2p::PeerUpload& u) {

@@ -109,7 +109,8 @@ def test_p2p_cold_cluster_pulls_each_byte_once(n):
 
 def test_p2p_remote_peer_hit_needs_no_origin():
     """A reads the image; then B, cut off from the registry, reads it all
-    from its peer: every file byte-exact, 0 origin bytes during B's read."""
+    from its peer: every file byte-exact, 0 origin bytes during B's read.
+    A's P2P counters read the same in the metrics JSON and in Prometheus."""
     with ph.Cluster(nodes=2) as c:
         a, b = c.start_nodes()
         a.read_all()
@@ -117,6 +118,13 @@ def test_p2p_remote_peer_hit_needs_no_origin():
         b.cut_registry()
         b.read_all()
         assert c.origin_bytes() - before == 0
+        p2p = a.metrics()["p2p"]
+        status, text = a.api("/api/v1/metrics/prometheus")
+        assert status == 200, text
+        prom = dict(line.split(" ", 1) for line in text.splitlines() if line.startswith("nydusd_p2p_"))
+        assert p2p["upload_bytes"] > 0
+        for key in ("upload_bytes", "upload_requests", "owner_hits", "owner_misses", "origin_bytes"):
+            assert int(prom[f"nydusd_p2p_{key}_total"]) == p2p[key], (key, prom, p2p)
 
 
 def test_p2p_restarted_node_serves_its_piece_store():
