@@ -60,27 +60,11 @@ for pair in "NYDUSD:$BUILD_DIR/daemon/nydusd" "NYDUS_IMAGE:$BUILD_DIR/builder/ny
   export "$var=$OUT_DIR/bin/$(basename "$src")"
 done
 
-# The tree: bench-registry.sh's recipe and cache ($BENCH_DIR/rootfs, marked done by rootfs.done).
-detect_mirror() {
-  local u
-  u=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
-    awk '$1 == "URIs:" {for (i = 2; i <= NF; i++) print $i}
-         $1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) {print $i; break}}' |
-    grep -E '/debian/?$' | head -1 || true)
-  echo "${u:-http://deb.debian.org/debian}"
-}
+# The tree: bench-registry.sh's recipe and cache (examples/bench-rootfs.sh).
+source examples/bench-rootfs.sh
 if [[ -z $ROOTFS ]]; then
+  ensure_bench_rootfs
   tree=$BENCH_DIR/rootfs
-  if [[ ! -f $BENCH_DIR/rootfs.done ]]; then
-    MIRROR=${MIRROR:-$(detect_mirror)}
-    echo "making the rootfs with debootstrap from $MIRROR (a few minutes, once) ..." >&2
-    rm -rf "$tree" "$tree.tmp"
-    timeout 1800 debootstrap --variant=minbase --include=python3 bookworm "$tree.tmp" "$MIRROR" \
-      >"$BENCH_DIR/debootstrap.log" 2>&1 ||
-      { echo "debootstrap failed; see $BENCH_DIR/debootstrap.log" >&2; rm -rf "$tree.tmp"; exit 1; }
-    mv "$tree.tmp" "$tree"
-    echo "debootstrap --variant=minbase --include=python3 bookworm" >"$BENCH_DIR/rootfs.done"
-  fi
   export ROOTFS=$tree
 else
   ROOTFS=$(cd "$ROOTFS" && pwd)

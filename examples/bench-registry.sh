@@ -82,15 +82,7 @@ log=$BENCH_DIR/bench-registry.log
 work=$BENCH_DIR/work
 mnt=$work/mnt
 
-detect_mirror() {
-  local u
-  u=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
-    awk '$1 == "URIs:" {for (i = 2; i <= NF; i++) print $i}
-         $1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) {print $i; break}}' |
-    grep -E '/debian/?$' | head -1 || true)
-  echo "${u:-http://deb.debian.org/debian}"
-}
-MIRROR=${MIRROR:-$(detect_mirror)}
+source examples/bench-rootfs.sh
 
 need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
@@ -152,15 +144,7 @@ if [[ -n $ROOTFS ]]; then
 else
   tree=$BENCH_DIR/rootfs
   tree_desc="Debian 12 rootfs by debootstrap --variant=minbase --include=python3 bookworm"
-  if [[ ! -f $BENCH_DIR/rootfs.done ]]; then
-    echo "making the rootfs with debootstrap from $MIRROR (a few minutes, once) ..."
-    rm -rf "$tree" "$tree.tmp"
-    timeout 1800 debootstrap --variant=minbase --include=python3 bookworm "$tree.tmp" "$MIRROR" \
-      >"$BENCH_DIR/debootstrap.log" 2>&1 ||
-      { echo "debootstrap failed; see $BENCH_DIR/debootstrap.log" >&2; rm -rf "$tree.tmp"; exit 1; }
-    mv "$tree.tmp" "$tree"
-    echo "debootstrap --variant=minbase --include=python3 bookworm" >"$BENCH_DIR/rootfs.done"
-  fi
+  ensure_bench_rootfs
 fi
 chroot_python() {  # DIR: python3 -V in DIR with a clean environment; prints its output
   env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin chroot "$1" python3 -V 2>&1
