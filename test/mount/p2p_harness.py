@@ -91,6 +91,7 @@ import uuid
 import pytest
 
 import registry_harness as rh
+from conftest import sha256_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NYDUSD = pathlib.Path(os.environ.get("NYDUSD", ROOT / "build" / "daemon" / "nydusd"))
@@ -308,7 +309,7 @@ def build_image(source, work, files=None, sizes=None):
     if build.returncode != 0:
         raise AssertionError(f"nydus-image create: {build.stderr}")
     [blob_path] = list(blobs.iterdir())
-    digest = _sha256_file(blob_path)
+    digest = sha256_file(blob_path)
     bootstrap = work / "image.boot"
     merge = subprocess.run([str(NYDUS_IMAGE), "merge", "--bootstrap", str(bootstrap), "--blob-digests",
                             f"sha256:{digest}", str(layer)], capture_output=True, text=True)
@@ -321,14 +322,6 @@ def build_image(source, work, files=None, sizes=None):
     chunks = _blob_chunks(blob_path, info)
     return TestImage(work, pathlib.Path(source), dict(files or {}), dict(sizes or {}), bootstrap, blob_path,
                      digest, blob_path.stat().st_size, chunks, sum(size for _, size in chunks))
-
-
-def _sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------
