@@ -56,7 +56,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -66,7 +65,6 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "test" / "mount"))
 import p2p_harness as ph  # noqa: E402
-import registry_harness as rh  # noqa: E402
 
 RUNS = max(1, int(os.environ.get("RUNS", "3")))
 RATE = os.environ.get("RATE", "100mbit")
@@ -533,13 +531,7 @@ http {{
         return {"size": size, "fill": fill, "peer": peer_t, "nginx": nginx_t, "origin_requests_from_peer": from_peer}
     finally:
         for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            ph.stop_process(p, 10)
         lo_cleanup()
         shutil.rmtree(d / "pieces", ignore_errors=True)
 

@@ -480,6 +480,19 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 # Node
 
 
+def stop_process(proc, timeout):
+    """SIGTERM to `proc` if it still runs, SIGKILL after `timeout` seconds;
+    returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class Node:
     """One nydusd in its own network namespace, with its own cache, piece
     store, mountpoint, API socket and log under `dir`. Created by
@@ -624,14 +637,7 @@ class Node:
         """SIGTERM; returns the exit code (SIGKILL after `timeout`, then -9)."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def kill(self):
         """SIGKILL, like a crashed node; the mount goes with nydusd's mount namespace."""
@@ -885,13 +891,7 @@ class Dns:
         return out
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
 
 
 def dns_query(server, name, timeout=1.0):
@@ -1295,13 +1295,8 @@ class Cluster:
         if self._dns is not None:
             with contextlib.suppress(Exception):
                 self._dns.stop()
-        if self._registry is not None and self._registry.poll() is None:
-            self._registry.terminate()
-            try:
-                self._registry.wait(5)
-            except subprocess.TimeoutExpired:
-                self._registry.kill()
-                self._registry.wait()
+        if self._registry is not None:
+            stop_process(self._registry, 5)
         for ns in reversed(self._namespaces):
             _delete_netns(ns)
         for link in reversed(self._links):
