@@ -747,6 +747,23 @@ def test_merge_blob_digests_refuses_bad_lists(workdir, digests, message):
     assert proc.stderr.count(b"\n") == 1 and not merged.exists()
 
 
+def merge_with_blob_digests(workdir, blobs, ids, *bootstraps):
+    """Merges `bootstraps` with --blob-digests naming each blob of `ids` (in
+    `blobs`) by its sha256; checks the merged blob table and `nydus-image
+    check` against a directory where the blobs are named so. Returns
+    (merged bootstrap, that directory, the digests)."""
+    shas = [hashlib.sha256((blobs / i).read_bytes()).hexdigest() for i in ids]
+    by_sha = workdir / "by-sha"
+    by_sha.mkdir()
+    for i, sha in zip(ids, shas):
+        os.symlink(blobs / i, by_sha / sha)
+    merged = workdir / "merged.boot"
+    nydus_image("merge", "--bootstrap", merged, "--blob-digests", ",".join(shas), *bootstraps)
+    assert [b["id"] for b in blob_table(merged)] == shas
+    nydus_image("check", merged, "--blob-dir", by_sha)
+    return merged, by_sha, shas
+
+
 def test_merge_blob_digests_with_two_layers(workdir):
     """Two tar layers, each with its blob: each blob takes its layer's
     digest, whiteouts still apply, and the image mounts from blobs named by
@@ -757,15 +774,7 @@ def test_merge_blob_digests_with_two_layers(workdir):
     boot1, blobs, out1 = build(workdir / "lower.tar", workdir / "out", "--type", "tar-rafs", name="lower.boot")
     boot2, _, out2 = build(workdir / "upper.tar", workdir / "out", "--type", "tar-rafs", name="upper.boot")
     ids = out1["blobs"] + out2["blobs"]
-    shas = [hashlib.sha256((blobs / i).read_bytes()).hexdigest() for i in ids]
-    by_sha = workdir / "by-sha"
-    by_sha.mkdir()
-    for i, sha in zip(ids, shas):
-        os.symlink(blobs / i, by_sha / sha)
-    merged = workdir / "merged.boot"
-    nydus_image("merge", "--bootstrap", merged, "--blob-digests", ",".join(shas), boot1, boot2)
-    assert [b["id"] for b in blob_table(merged)] == shas
-    nydus_image("check", merged, "--blob-dir", by_sha)
+    merged, by_sha, shas = merge_with_blob_digests(workdir, blobs, ids, boot1, boot2)
     with mounted(merged, config=mount_config(workdir, by_sha)) as d:
         check_merged(d.mountpoint)
 
@@ -787,15 +796,7 @@ def test_merge_blob_digests_with_a_parent_layer(workdir):
     assert out2["blobs"][0] == out1["blobs"][0] and len(out2["blobs"]) == 2
     assert out2["stats"]["chunks_from_parent"] > 0
     ids = [out1["blobs"][0], out2["blobs"][1]]
-    shas = [hashlib.sha256((blobs / i).read_bytes()).hexdigest() for i in ids]
-    by_sha = workdir / "by-sha"
-    by_sha.mkdir()
-    for i, sha in zip(ids, shas):
-        os.symlink(blobs / i, by_sha / sha)
-    merged = workdir / "merged.boot"
-    nydus_image("merge", "--bootstrap", merged, "--blob-digests", ",".join(shas), boot1, boot2)
-    assert [b["id"] for b in blob_table(merged)] == shas
-    nydus_image("check", merged, "--blob-dir", by_sha)
+    merged, by_sha, shas = merge_with_blob_digests(workdir, blobs, ids, boot1, boot2)
     with mounted(merged, config=mount_config(workdir, by_sha)) as d:
         for name, kind, data in lower + upper:
             if kind == "file":
