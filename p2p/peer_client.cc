@@ -118,100 +118,94 @@ bool PeerClient::ping(const std::string& peer) {
   return res.ok() && res->status == 200;
 }
 
-Status PeerClient::fetch_origin(const BlobLocation& blob, uint64_t offset, uint64_t length,
-                                const StoredBlob::Sink& sink) {
-  if (length == 0) return Status::Ok();
-  std::string url = blob.origin_url();
-  bool with_auth = true;
+Result<backend::HttpResponse> PeerClient::origin_request(const BlobLocation& blob,
+                                                        const std::function<void(backend::HttpRequest&)>& prepare,
+                                                        std::string* url) {
+  *url = blob.origin_url();
   for (int hop = 0; hop < 3; ++hop) {
     backend::HttpRequest req;
-    req.url = url;
-    req.headers.push_back(range_header(offset, length));
-    if (with_auth && !blob.authorization.empty()) req.headers.push_back("Authorization: " + blob.authorization);
-    req.connect_timeout = std::chrono::seconds(5);
-    req.stall_timeout = std::chrono::seconds(10);
-    req.first_byte_timeout = std::chrono::seconds(10);
-    uint64_t delivered = 0;
-    Status sink_error;
-    long status = 0;
-    bool whole_blob_cut = false;
-    req.on_data = [&](long answer, std::span<const uint8_t> bytes) {
-      if (answer == 200 && offset != 0) {
-        sink_error = Status::io("origin " + url + " ignored the Range header (200 for a range at " +
-                                std::to_string(offset) + ")");
-        return false;
-      }
-      // A 200 from offset 0 is the whole blob: keep the part asked for.
-      if (delivered + bytes.size() > length) {
-        if (answer == 206) {
-          sink_error = Status::io("origin " + url + " sent more than the " + std::to_string(length) + " bytes asked for");
-          return false;
-        }
-        bytes = bytes.first(length - delivered);
-      }
-      delivered += bytes.size();
-      Status s = sink(bytes);
-      if (s.ok() && delivered == length && answer == 200) {
-        whole_blob_cut = true;
-        return false;  // the rest of the blob is not needed
-      }
-      if (!s.ok()) {
-        sink_error = s;
-        return false;
-      }
-      return true;
-    };
-    auto res = origin_.perform(req);
-    if (whole_blob_cut) return Status::Ok();
-    if (!sink_error.ok()) return sink_error;
-    if (!res.ok()) return res.status();
-    status = res->status;
-    if (status >= 300 && status < 400) {
-      const std::string* location = res->header("location");
-      if (!location || location->empty()) return Status::io("origin " + url + ": redirect without Location");
-      url = *location;
-      with_auth = false;
-      continue;
-    }
-    if (status != 206 && status != 200) {
-      if (status == 404) return Status::not_found("origin " + url + ": not found (404)");
-      return Status::io("origin " + url + " answered " + std::to_string(status));
-    }
-    if (delivered != length)
-      return Status::io("origin " + url + ": " + std::to_string(delivered) + " of " + std::to_string(length) +
-                        " bytes");
-    return Status::Ok();
+    req.url = *url;
+    if (hop == 0 && !blob.authorization.empty()) req.headers.push_back("Authorization: " + blob.authorization);
+    prepare(req);
+    NYDUS_ASSIGN(backend::HttpResponse res, origin_.perform(req));
+    if (res.status < 300 || res.status >= 400) return res;
+    const std::string* location = res.header("location");
+    if (!location || location->empty()) return Status::io("origin " + *url + ": redirect without Location");
+    *url = *location;
   }
   return Status::io("origin " + blob.origin_url() + ": too many redirects");
 }
 
+Status PeerClient::fetch_origin(const BlobLocation& blob, uint64_t offset, uint64_t length,
+                                const StoredBlob::Sink& sink) {
+  if (length == 0) return Status::Ok();
+  std::string url;
+  uint64_t delivered = 0;  // redirects carry no body to on_data: only the final answer counts
+  Status sink_error;
+  bool whole_blob_cut = false;
+  auto res = origin_request(
+      blob,
+      [&](backend::HttpRequest& req) {
+        req.headers.push_back(range_header(offset, length));
+        req.connect_timeout = std::chrono::seconds(5);
+        req.stall_timeout = std::chrono::seconds(10);
+        req.first_byte_timeout = std::chrono::seconds(10);
+        req.on_data = [&](long answer, std::span<const uint8_t> bytes) {
+          if (answer == 200 && offset != 0) {
+            sink_error = Status::io("origin " + url + " ignored the Range header (200 for a range at " +
+                                    std::to_string(offset) + ")");
+            return false;
+          }
+          // A 200 from offset 0 is the whole blob: keep the part asked for.
+          if (delivered + bytes.size() > length) {
+            if (answer == 206) {
+              sink_error =
+                  Status::io("origin " + url + " sent more than the " + std::to_string(length) + " bytes asked for");
+              return false;
+            }
+            bytes = bytes.first(length - delivered);
+          }
+          delivered += bytes.size();
+          Status s = sink(bytes);
+          if (s.ok() && delivered == length && answer == 200) {
+            whole_blob_cut = true;
+            return false;  // the rest of the blob is not needed
+          }
+          if (!s.ok()) {
+            sink_error = s;
+            return false;
+          }
+          return true;
+        };
+      },
+      &url);
+  if (whole_blob_cut) return Status::Ok();
+  if (!sink_error.ok()) return sink_error;
+  if (!res.ok()) return res.status();
+  if (res->status != 206 && res->status != 200) {
+    if (res->status == 404) return Status::not_found("origin " + url + ": not found (404)");
+    return Status::io("origin " + url + " answered " + std::to_string(res->status));
+  }
+  if (delivered != length)
+    return Status::io("origin " + url + ": " + std::to_string(delivered) + " of " + std::to_string(length) + " bytes");
+  return Status::Ok();
+}
+
 Result<uint64_t> PeerClient::origin_size(const BlobLocation& blob, long* status_out) {
-  std::string url = blob.origin_url();
-  bool with_auth = true;
-  for (int hop = 0; hop < 3; ++hop) {
-    backend::HttpRequest req;
+  auto head = [](backend::HttpRequest& req) {
     req.method = "HEAD";
-    req.url = url;
-    if (with_auth && !blob.authorization.empty()) req.headers.push_back("Authorization: " + blob.authorization);
     req.connect_timeout = std::chrono::seconds(5);
     req.timeout = std::chrono::seconds(10);
-    NYDUS_ASSIGN(const backend::HttpResponse res, origin_.perform(req));
-    if (status_out) *status_out = res.status;
-    if (res.status >= 300 && res.status < 400) {
-      const std::string* location = res.header("location");
-      if (!location || location->empty()) return Status::io("origin " + url + ": redirect without Location");
-      url = *location;
-      with_auth = false;
-      continue;
-    }
-    if (res.status == 404) return Status::not_found("origin " + url + ": not found (404)");
-    if (res.status != 200) return Status::io("origin " + url + ": HEAD answered " + std::to_string(res.status));
-    uint64_t size = 0;
-    const std::string* length = res.header("content-length");
-    if (!length || !parse_u64(*length, &size)) return Status::io("origin " + url + ": HEAD without Content-Length");
-    return size;
-  }
-  return Status::io("origin " + blob.origin_url() + ": too many redirects");
+  };
+  std::string url;
+  NYDUS_ASSIGN(const backend::HttpResponse res, origin_request(blob, head, &url));
+  if (status_out) *status_out = res.status;
+  if (res.status == 404) return Status::not_found("origin " + url + ": not found (404)");
+  if (res.status != 200) return Status::io("origin " + url + ": HEAD answered " + std::to_string(res.status));
+  uint64_t size = 0;
+  const std::string* length = res.header("content-length");
+  if (!length || !parse_u64(*length, &size)) return Status::io("origin " + url + ": HEAD without Content-Length");
+  return size;
 }
 
 Result<backend::HttpResponse> PeerClient::forward(const std::string& method, const std::string& url,

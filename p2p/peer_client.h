@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -51,9 +52,8 @@ class PeerClient {
   bool ping(const std::string& peer);
 
   // The origin: bytes [offset, offset + length) handed to `sink` as they
-  // arrive, following one redirect (without Authorization, as registries
-  // want for their storage URLs). `blob_size` (0 = unknown) is checked
-  // against the Content-Range.
+  // arrive, following redirects as origin_request does. Exactly `length`
+  // bytes or an error.
   Status fetch_origin(const BlobLocation& blob, uint64_t offset, uint64_t length, const StoredBlob::Sink& sink);
   // The origin's size of the blob (HEAD, following redirects). kNotFound on
   // 404; other statuses are kIo with the status in the message, and
@@ -66,6 +66,14 @@ class PeerClient {
 
  private:
   backend::HttpRequest peer_request(const std::string& peer, const BlobLocation& blob, const char* method) const;
+  // One request for the blob at its origin, built by `prepare` for each
+  // hop: up to two redirects are followed by hand, the Authorization sent
+  // to the origin only (registries redirect to pre-signed storage URLs that
+  // refuse it). The first answer that is not a redirect; *url is the URL
+  // that gave it (or is being asked, while `prepare`'s callbacks run).
+  Result<backend::HttpResponse> origin_request(const BlobLocation& blob,
+                                               const std::function<void(backend::HttpRequest&)>& prepare,
+                                               std::string* url);
 
   const P2pConfig config_;
   std::string self_;
