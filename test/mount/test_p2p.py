@@ -17,6 +17,7 @@ Select with `pytest test/mount -k p2p`; the harness's own tests are in
 test_p2p_harness.py.
 """
 import concurrent.futures
+import http.server
 import subprocess
 import threading
 import time
@@ -376,3 +377,67 @@ def test_p2p_endpoint_serves_ranges_to_curl():
             r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
                                 f"http://{a.address}{ping}"], capture_output=True, timeout=10)
             assert r.stdout == b"200", (ping, r)
+
+
+def test_p2p_owner_follows_origin_redirects_without_credentials():
+    """Registries answer blob requests with a redirect to their storage (a
+    pre-signed URL that refuses a second Authorization). Here an origin
+    redirects every blob request to /storage/..., which serves the blob file
+    with Range support. A node with an empty piece store, asked through its
+    peer port with credentials, gets the size (HEAD) and the bytes (GET)
+    through the redirect, byte-exact, and sends the Authorization to the
+    origin only, never to the storage URL."""
+    seen = []  # (where, method, Authorization)
+    blob = None  # the blob file's bytes, once the cluster has built it
+
+    class Origin(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _answer(self):
+            storage = self.path.startswith("/storage/")
+            seen.append(("storage" if storage else "origin", self.command, self.headers.get("Authorization")))
+            if not storage:
+                self.send_response(307)
+                self.send_header("Location", f"http://{self.headers['Host']}/storage{self.path}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body, status = blob, 200
+            if self.headers.get("Range"):
+                first, last = (int(x) for x in self.headers["Range"].removeprefix("bytes=").split("-"))
+                last = min(last, len(blob) - 1)
+                body, status = blob[first:last + 1], 206
+            self.send_response(status)
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {first}-{last}/{len(blob)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = _answer
+
+    with ph.Cluster(nodes=2) as c:
+        a, b = c.start_nodes()
+        blob = c.image.blob_path.read_bytes()
+        server = http.server.ThreadingHTTPServer((c.host_ip, 0), Origin)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            path = f"/v2/{c.repo}/blobs/sha256:{c.image.digest}"
+            first, last = 5000, 5000 + 300000
+            r = subprocess.run(["ip", "netns", "exec", a.ns, "curl", "-sS", "-f", "-o", "-", "-r", f"{first}-{last}",
+                                "-H", f"X-Dragonfly-Registry: http://{c.host_ip}:{server.server_port}",
+                                "-H", "Authorization: Bearer for-the-origin-only", f"http://{b.address}{path}"],
+                               capture_output=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == blob[first:last + 1]
+        finally:
+            server.shutdown()
+        origin = [(m, auth) for where, m, auth in seen if where == "origin"]
+        storage = [(m, auth) for where, m, auth in seen if where == "storage"]
+        assert {m for m, _ in origin} == {"HEAD", "GET"} and {m for m, _ in storage} == {"HEAD", "GET"}, seen
+        assert all(auth == "Bearer for-the-origin-only" for _, auth in origin), seen
+        assert all(auth is None for _, auth in storage), seen
