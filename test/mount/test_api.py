@@ -49,6 +49,19 @@ def call(sock, method, path, body=None):
         conn.close()
 
 
+def inflight_when_idle(sock, timeout=5):
+    """GET /api/v1/metrics/inflight once nothing is in flight, or its last
+    answer after `timeout` s: something outside a test may stat a new mount
+    (a GETATTR of its root was seen in flight under load), so an idle
+    daemon's 204 is waited for rather than expected at the first poll."""
+    deadline = time.monotonic() + timeout
+    answer = call(sock, "GET", "/api/v1/metrics/inflight")
+    while answer[0] != 204 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        answer = call(sock, "GET", "/api/v1/metrics/inflight")
+    return answer
+
+
 class SnapshotterLikeDaemon:
     """Starts nydusd with the argv of §4.2 in an R/ layout: dedicated mode
     (the V6 fixture at R/snapshots/42/mnt) with a config, shared mode

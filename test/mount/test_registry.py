@@ -28,7 +28,7 @@ import pytest
 import registry_harness as rh
 from conftest import (ROOT, fixture_path, mounted, start_daemon, force_unmount, require_root_and_fuse,
                       sha256_file)
-from test_api import UnixHTTPConnection, call
+from test_api import UnixHTTPConnection, call, inflight_when_idle
 
 NYDUS_IMAGE = pathlib.Path(os.environ.get("NYDUS_IMAGE", ROOT / "build" / "builder" / "nydus-image"))
 REPO = "library/nydus-test"
@@ -538,14 +538,7 @@ def test_inflight_lists_a_read_stuck_on_the_registry(image, tmp_path):
                 socket_deadline = time.monotonic() + 10
                 while not sock.exists() and time.monotonic() < socket_deadline:
                     time.sleep(0.02)
-                # 204 when idle. Right after the mount something outside the
-                # test may stat the new mount (seen: GETATTR of the root in
-                # flight at the first poll, under load), so idle is waited for.
-                idle_deadline = time.monotonic() + 5
-                idle = call(sock, "GET", "/api/v1/metrics/inflight")
-                while idle[0] != 204 and time.monotonic() < idle_deadline:
-                    time.sleep(0.02)
-                    idle = call(sock, "GET", "/api/v1/metrics/inflight")
+                idle = inflight_when_idle(sock)
                 assert idle[0] == 204, idle
                 name = sorted(image["digests"])[0]
                 proxy.stall(2.0, times=1, path=BLOB_PATH, method="GET")

@@ -12,7 +12,8 @@ import threading
 import time
 
 from conftest import NYDUSD, fixture_path, mount_entry, mounted, sha256_file, walk_tree
-from test_api import LIB_RS_SHA256, V6_BLOBS, V6_BOOT, SnapshotterLikeDaemon, call, dedicated_config
+from test_api import (LIB_RS_SHA256, V6_BLOBS, V6_BOOT, SnapshotterLikeDaemon, call, dedicated_config,
+                      inflight_when_idle)
 from test_failover import Supervisor, crash_failover, send_states, wait_state
 
 V5_BOOT = fixture_path("repeatable/sha256-nocompress-repeatable")
@@ -179,7 +180,8 @@ def test_shared_mode_snapshotter_sequence(tmp_path):
         status, pattern, _ = call(d.sock, "GET", "/api/v1/metrics/pattern?id=%2F44")
         assert status == 200 and pattern
         # Hung-IO poll: nothing in flight now.
-        assert call(d.sock, "GET", "/api/v1/metrics/inflight")[0] == 204
+        idle = inflight_when_idle(d.sock)
+        assert idle[0] == 204, idle
 
         # §4.4 E: credential renewal for one instance (localfs has none: 500
         # saying so, not a crash); an unknown id is 500 too.
