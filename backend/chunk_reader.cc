@@ -13,6 +13,7 @@
 #include "bootstrap/blob_meta.h"
 #include "common/digest.h"
 #include "common/file_bytes.h"
+#include "common/uninit_bytes.h"
 #include "common/log.h"
 
 namespace nydus::backend {
@@ -544,8 +545,7 @@ std::pair<std::shared_ptr<ChunkReader::Flight>, bool> ChunkReader::claim(uint64_
   return {it->second, inserted};
 }
 
-void ChunkReader::finish(uint64_t key, const std::shared_ptr<Flight>& flight, Status status,
-                         std::vector<uint8_t> data) {
+void ChunkReader::finish(uint64_t key, const std::shared_ptr<Flight>& flight, Status status, ChunkBytes data) {
   {
     // Leave the map first: from here on a new reader finds the chunk in
     // the cache (committed before this call) or starts a fresh fetch after
@@ -569,10 +569,10 @@ Status ChunkReader::wait_for(Flight& flight, const ChunkRef& chunk, std::span<ui
     return Status::timeout(chunk_name(blobs_[chunk.blob_index], chunk.chunk_index) + ": waited " +
                            std::to_string(options_.wait_deadline.count()) + " ms for the fetch in flight");
   if (!flight.status.ok()) return flight.status;
-  if (flight.data.size() != dst.size())
+  if (flight.data.size != dst.size())
     return Status::corrupt(chunk_name(blobs_[chunk.blob_index], chunk.chunk_index) + ": fetched " +
-                           std::to_string(flight.data.size()) + " bytes, expected " + std::to_string(dst.size()));
-  std::memcpy(dst.data(), flight.data.data(), dst.size());
+                           std::to_string(flight.data.size) + " bytes, expected " + std::to_string(dst.size()));
+  std::memcpy(dst.data(), flight.data.bytes.get(), dst.size());
   return Status::Ok();
 }
 
@@ -620,7 +620,8 @@ void ChunkReader::fetch_group(const std::vector<ChunkRef>& group,
   auto fail_all = [&](const Status& s) {
     if (s.code() != Code::kNotFound) note_fetch_failure(first.blob_index, s);
     for (size_t i = 0; i < group.size(); ++i)
-      finish(flight_key(group[i]), flights[i], in_context(s, chunk_name(blob, group[i].chunk_index), blob), {});
+      finish(flight_key(group[i]), flights[i], in_context(s, chunk_name(blob, group[i].chunk_index), blob),
+             ChunkBytes());
   };
   auto reader = reader_for(first.blob_index);
   if (!reader.ok()) return fail_all(reader.status());
@@ -637,9 +638,9 @@ void ChunkReader::fetch_group(const std::vector<ChunkRef>& group,
   BlobCacheFile* cache = cache_for(first.blob_index);
   for (size_t i = 0; i < group.size(); ++i) {
     const ChunkRef& chunk = group[i];
-    std::vector<uint8_t> data(chunk.uncompressed_size);
+    ChunkBytes data(chunk.uncompressed_size);
     Status cs = decode_and_verify(chunk, raw.span().subspan(chunk.compressed_offset - start, chunk.compressed_size),
-                                  data, true);
+                                  data.span(), true);
     // Wrong bytes from the network are fetched again, alone; they are
     // never cached or returned.
     for (uint32_t attempt = 1; !cs.ok() && cs.code() == Code::kCorrupt && attempt < options_.fetch_attempts;
@@ -647,11 +648,12 @@ void ChunkReader::fetch_group(const std::vector<ChunkRef>& group,
       metrics_->corrupt_fetches.fetch_add(1, std::memory_order_relaxed);
       LOG_WARN("%s; fetching it again (attempt %u of %u)", cs.message().c_str(), attempt + 1,
                options_.fetch_attempts);
-      cs = fetch_single(chunk, data);
+      cs = fetch_single(chunk, data.span());
     }
     if (!cs.ok() && cs.code() == Code::kCorrupt) metrics_->corrupt_fetches.fetch_add(1, std::memory_order_relaxed);
     if (cs.ok() && cache) {
-      if (Status committed = cache->commit(chunk.chunk_index, chunk.uncompressed_offset, data); !committed.ok())
+      if (Status committed = cache->commit(chunk.chunk_index, chunk.uncompressed_offset, data.span());
+          !committed.ok())
         warn_once(chunk.blob_index, "commit",
                   "blob " + blob.id + ": cannot write to the blob cache (reads go on uncached): " +
                       committed.message());
@@ -705,7 +707,7 @@ Status ChunkReader::read_chunk(const ChunkRef& in, std::span<uint8_t> dst, std::
   }
   std::lock_guard<std::mutex> lock(flight->mu);
   if (!flight->status.ok()) return flight->status;
-  std::memcpy(dst.data(), flight->data.data(), dst.size());
+  std::memcpy(dst.data(), flight->data.bytes.get(), dst.size());
   return Status::Ok();
 }
 
@@ -727,7 +729,7 @@ Status ChunkReader::read_chunk_range(const ChunkRef& chunk, uint64_t offset_in_c
   }
   // One buffer per thread: a chunk is at most 16 MiB and FUSE reads are
   // usually smaller than the chunk.
-  thread_local std::vector<uint8_t> whole;
+  thread_local UninitBytes whole;
   whole.resize(chunk.uncompressed_size);
   NYDUS_TRY(read_chunk(chunk, whole, following));
   std::memcpy(dst.data(), whole.data() + offset_in_chunk, dst.size());

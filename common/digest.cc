@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "blake3.h"
 
@@ -21,8 +22,8 @@ namespace {
 }
 
 // The CRC-32C table for the reflected Castagnoli polynomial, built at
-// compile time. Slicing-by-8 would be ~4x faster; one table is enough
-// while the CRC is checked only when validation is on.
+// compile time, for CPUs without SSE4.2 (every x86-64 CPU since 2008 has
+// it, and it is what the daemon uses there).
 constexpr std::array<uint32_t, 256> make_crc32c_table() {
   std::array<uint32_t, 256> table{};
   for (uint32_t i = 0; i < 256; ++i) {
@@ -112,10 +113,43 @@ std::string to_hex(std::span<const uint8_t> bytes) {
   return out;
 }
 
-uint32_t crc32c(std::span<const uint8_t> data) {
+uint32_t crc32c_portable(std::span<const uint8_t> data) {
   uint32_t crc = 0xFFFFFFFFu;
   for (uint8_t b : data) crc = kCrc32cTable[(crc ^ b) & 0xFF] ^ (crc >> 8);
   return crc ^ 0xFFFFFFFFu;
+}
+
+#if defined(__x86_64__)
+namespace {
+// The crc32 instruction computes exactly this polynomial, 8 bytes per
+// instruction. The byte table took 5.7 % of all CPU samples while 8 P2P
+// nodes started python3 (every chunk from the network is CRC-checked).
+__attribute__((target("sse4.2"))) uint32_t crc32c_sse42(std::span<const uint8_t> data) {
+  const uint8_t* p = data.data();
+  size_t n = data.size();
+  uint64_t crc = 0xFFFFFFFFu;
+  for (; n >= 8; p += 8, n -= 8) {
+    uint64_t word;
+    std::memcpy(&word, p, sizeof word);
+    crc = __builtin_ia32_crc32di(crc, word);
+  }
+  auto c = static_cast<uint32_t>(crc);
+  for (; n > 0; ++p, --n) c = __builtin_ia32_crc32qi(c, *p);
+  return c ^ 0xFFFFFFFFu;
+}
+// __builtin_cpu_init: static initializers may run before libgcc's own.
+const bool kHaveSse42 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("sse4.2") != 0;
+}();
+}  // namespace
+#endif
+
+uint32_t crc32c(std::span<const uint8_t> data) {
+#if defined(__x86_64__)
+  if (kHaveSse42) return crc32c_sse42(data);
+#endif
+  return crc32c_portable(data);
 }
 
 }  // namespace nydus

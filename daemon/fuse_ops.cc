@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/uninit_bytes.h"
 #include "fs/fs_metrics.h"
 
 namespace nydus::daemon {
@@ -275,7 +276,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
   guarded(req, "read", [&] {
     MeteredOp timer(ctx(req), Fop::kRead, FUSE_READ, ino);
-    thread_local std::vector<uint8_t> buf;
+    thread_local UninitBytes buf;  // filled by the read before it is replied
     size = std::min<size_t>(size, kMaxIoBytes);
     if (buf.size() < size) buf.resize(size);
     auto n = ctx(req).vfs->read(ino, static_cast<uint64_t>(off), {buf.data(), size});

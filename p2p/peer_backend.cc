@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/uninit_bytes.h"
 #include "p2p/p2p_node.h"
 
 namespace nydus::p2p {
@@ -32,7 +33,7 @@ constexpr uint64_t kOriginPiece = 4u << 20;
 struct PeerAnswer {
   uint64_t offset = 0, end = 0;  // granule-aligned (end may be the blob's end)
   std::string peer;
-  std::vector<uint8_t> bytes;
+  UninitBytes bytes;
 };
 // Bounds of the held-back answers, and of the granules verified in part
 // (a chunk starts or ends inside them): verified bytes that never complete
@@ -93,7 +94,7 @@ class PeerReader final : public backend::BlobReader {
     // peer that holds it: ask that one first, for held bytes only.
     if (!owners.empty()) {
       if (std::string previous = node_.previous_owner(loc_.digest, unit); !previous.empty()) {
-        std::vector<uint8_t> buf(end - first);
+        UninitBytes buf(end - first);
         node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
         const auto asked = Clock::now();
         Status s = node_.client().fetch_range(previous, ask, size, first, buf, {.held_only = true});
@@ -103,7 +104,7 @@ class PeerReader final : public backend::BlobReader {
     }
     for (const std::string& peer : owners) {
       if (peer == node_.self()) break;  // this node owns it next: go to the origin
-      std::vector<uint8_t> buf(end - first);
+      UninitBytes buf(end - first);
       node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
       const auto asked = Clock::now();
       std::string holder;
@@ -306,7 +307,7 @@ class PeerReader final : public backend::BlobReader {
 
   // A good answer from `peer` for [first, end): counted, the asked part
   // [offset, offset + dst.size()) copied out, the rest held until verified.
-  size_t accept(const std::string& peer, uint64_t first, uint64_t end, std::vector<uint8_t> buf,
+  size_t accept(const std::string& peer, uint64_t first, uint64_t end, UninitBytes buf,
                 Clock::time_point asked, uint64_t offset, std::span<uint8_t> dst) {
     count(metrics_.source("peer " + peer), buf.size(), asked, true);
     std::memcpy(dst.data(), buf.data() + (offset - first), dst.size());
@@ -314,7 +315,7 @@ class PeerReader final : public backend::BlobReader {
     return dst.size();
   }
 
-  void hold(uint64_t offset, uint64_t end, const std::string& peer, std::vector<uint8_t> bytes) {
+  void hold(uint64_t offset, uint64_t end, const std::string& peer, UninitBytes bytes) {
     std::lock_guard<std::mutex> g(mu_);
     // A newer answer supersedes older ones for the same bytes (the chunk
     // reader fetched them again): only the newest can be to blame.

@@ -151,6 +151,18 @@ TEST_CASE("crc32c matches the Castagnoli check values", "[digest]") {
   CHECK(nydus::crc32c(dec) == 0x113FDB5Cu);
 }
 
+TEST_CASE("crc32c: the instruction path equals the table on every length and alignment", "[digest]") {
+  const std::vector<uint8_t> bytes = random_bytes(4096 + 64, 11);
+  CHECK(nydus::crc32c_portable(bytes_of("123456789")) == 0xE3069283u);
+  for (size_t start = 0; start < 9; ++start)
+    for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{15}, size_t{16}, size_t{63},
+                     size_t{1000}, size_t{4096}}) {
+      const std::span<const uint8_t> part(bytes.data() + start, n);
+      INFO("start " << start << " length " << n);
+      CHECK(nydus::crc32c(part) == nydus::crc32c_portable(part));
+    }
+}
+
 TEST_CASE("compress and decompress round trip", "[compress]") {
   for (Compressor algo : {Compressor::kNone, Compressor::kLz4Block, Compressor::kZstd}) {
     for (size_t n : {size_t{0}, size_t{1}, size_t{4096}, size_t{1} << 20}) {
