@@ -56,6 +56,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -113,6 +114,19 @@ def chroot_python(directory):
     p = subprocess.run(["env", "-i", PATH_ENV, "chroot", str(directory), "python3", "-V"], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=120)
     return p.stdout.strip()
+
+
+def machine_cpu_seconds():
+    """CPU seconds the whole machine has spent busy (every state of
+    /proc/stat's cpu line but idle and iowait), to tell how much of a row's
+    wall time the CPUs bound."""
+    fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds():
+    t = os.times()
+    return t.user + t.system
 
 
 def median(values):
@@ -199,6 +213,35 @@ def fmt_sources(src):
     return ", ".join(f"{k} {r} req/{m:.1f} MiB" for k, (r, m) in sorted(src.items())) or "-"
 
 
+class CpuUse:
+    """Records, for one timed row, the CPU seconds the machine spent busy
+    and how many of them were this script's own (threads waiting for
+    mounts, subprocess plumbing): `<key>_cpu` = (machine, own, wall).
+    With PERF_ROWS naming the row's key (comma-separated list), the row also
+    runs under `perf record -a -g` (OUT_DIR/perf-<key>-<n>.data) to see
+    where the CPU time goes; the timings of such a run are not comparable."""
+
+    def __init__(self, bench, key):
+        self.bench, self.key = bench, key
+        self.perf = None
+
+    def __enter__(self):
+        if self.key in os.environ.get("PERF_ROWS", "").split(","):
+            n = len(self.bench.extra.get(self.key + "_cpu", [])) + 1
+            self.perf = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-o",
+                                          str(OUT_DIR / f"perf-{self.key}-{n}.data")], stderr=subprocess.DEVNULL)
+            time.sleep(0.5)  # perf is sampling before the row starts
+        self.m0, self.o0, self.t0 = machine_cpu_seconds(), own_cpu_seconds(), time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.bench.more(self.key + "_cpu", (machine_cpu_seconds() - self.m0, own_cpu_seconds() - self.o0,
+                                            since(self.t0)))
+        if self.perf is not None:
+            self.perf.send_signal(signal.SIGINT)
+            self.perf.wait()
+
+
 class Bench:
     def __init__(self, cluster, python_version, layer_digest):
         self.c = cluster
@@ -223,7 +266,7 @@ class Bench:
         if barrier is not None:
             barrier.wait()
         t0 = time.monotonic()
-        node.start(wait=60, poll=0.002)
+        node.start(wait=60, poll=0.05, need_api=False)  # python needs the mount only; it is seen at once
         tm = since(t0)
         out = node.run_in_mount(["python3", "-V"]).stdout.strip()
         t = since(t0)
@@ -260,7 +303,8 @@ class Bench:
         drop_caches()
         o0 = self.c.origin_bytes()
         off = log_size(node)
-        t, tm = self.run_node(node, key)
+        with CpuUse(self, key):
+            t, tm = self.run_node(node, key)
         self.add(key, t)
         self.more(key + "_mount", tm)
         self.more(key + "_origin", self.c.origin_bytes() - o0)
@@ -283,7 +327,7 @@ class Bench:
         o0 = self.c.origin_bytes()
         barrier = threading.Barrier(len(nodes))
         try:
-            with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+            with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool, CpuUse(self, "plain_cold"):
                 results = list(pool.map(lambda n: self.run_node(n, "cold without P2P", barrier), nodes))
         finally:
             for n in nodes:
@@ -306,7 +350,7 @@ class Bench:
         r0 = len([r for r in self.c.origin_requests() if r.method == "GET"])
         by0 = self.c.origin_bytes_by_client()
         barrier = threading.Barrier(len(nodes))
-        with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+        with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool, CpuUse(self, "p2p_cold"):
             results = list(pool.map(lambda n: self.run_node(n, "P2P cold", barrier), nodes))
         times = [t for t, _ in results]
         self.add("p2p_cold_median", median(times))
@@ -613,6 +657,12 @@ def report(b, lo, total_secs):
     for k in ("nydus_cold", "p2p_cold_n0", "remote_peer", "local_peer", "blob_cache"):
         if k + "_sources" in ext:
             p(f"sources of {k} (nydusd exit lines, last run): {fmt_sources(ext[k + '_sources'][-1])}")
+    p("CPU while timed (median; machine busy CPU-s / of them this script's / wall s; "
+      f"{os.cpu_count()} CPUs): " + ", ".join(
+        f"{k} {median([c[0] for c in ext[k + '_cpu']]):.2f} / {median([c[1] for c in ext[k + '_cpu']]):.2f} / "
+        f"{median([c[2] for c in ext[k + '_cpu']]):.2f}"
+        for k in ("nydus_cold", "plain_cold", "p2p_cold", "remote_peer", "local_peer", "blob_cache")
+        if k + "_cpu" in ext))
     p("exec -> mount (s, median): " + ", ".join(
         f"{k} {median(ext[k + '_mount']):.3f}" for k in ("nydus_cold", "remote_peer", "local_peer", "blob_cache")))
     if lo:
