@@ -654,6 +654,12 @@ def report(b, lo, total_secs):
     p("P2P cold origin GETs per run: " + " ".join(str(v) for v in ext["p2p_cold_origin_requests"]) +
       "; unique bytes per run: " + " ".join(str(v) for v in ext["p2p_cold_unique"]))
     p("P2P cold origin bytes by node (last run): " + str(ext["p2p_cold_by_node"][-1]))
+    totals = {}
+    for m in ext["p2p_cold_metrics"][-1].values():
+        for k, v in (m.get("p2p") or {}).items():
+            if isinstance(v, int) and not k.endswith("bytes") and k != "store_evicted_blobs":
+                totals[k] = totals.get(k, 0) + v
+    p("P2P cold counters summed over the nodes (last run): " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
     for k in ("nydus_cold", "p2p_cold_n0", "remote_peer", "local_peer", "blob_cache"):
         if k + "_sources" in ext:
             p(f"sources of {k} (nydusd exit lines, last run): {fmt_sources(ext[k + '_sources'][-1])}")
