@@ -66,6 +66,24 @@ Status read_size(const json& o, const char* key, uint64_t* out) {
 
 bool is_power_of_two(uint64_t v) { return v && !(v & (v - 1)); }
 
+// "127.0.0.1:65001", "[::1]:65001", "localhost:65001".
+// (The address itself is checked where it is bound; this only decides.)
+bool is_loopback_listen(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos) return false;
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+Status read_bool(const json& o, const char* key, bool* out) {
+  auto it = o.find(key);
+  if (it == o.end() || it->is_null()) return Status::Ok();
+  if (!it->is_boolean()) return bad(key, "must be true or false");
+  *out = it->get<bool>();
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<p2p::P2pConfig> parse_p2p_object(const json& o) {
@@ -76,6 +94,9 @@ Result<p2p::P2pConfig> parse_p2p_object(const json& o) {
   NYDUS_TRY(read_string(o, "peers_dns", &c.peers_dns));
   NYDUS_TRY(read_string(o, "store_dir", &c.store_dir));
   NYDUS_TRY(read_string(o, "mirror_listen", &c.mirror_listen));
+  NYDUS_TRY(read_string(o, "secret_file", &c.secret_file));
+  NYDUS_TRY(read_bool(o, "insecure", &c.insecure));
+  NYDUS_TRY(read_u32(o, "auth_window_s", 1, 3600, &c.auth_window_s));
   if (auto it = o.find("peers"); it != o.end() && !it->is_null()) {
     if (!it->is_array()) return bad("peers", "must be an array of \"ADDR:PORT\" strings");
     for (const auto& p : *it) {
@@ -100,6 +121,14 @@ Result<p2p::P2pConfig> parse_p2p_object(const json& o) {
   if (c.listen.empty()) return bad("listen", "must not be empty");
   if (c.peers.empty() && c.peers_dns.empty()) return bad("peers", "or p2p.peers_dns is required");
   if (!c.peers.empty() && !c.peers_dns.empty()) return bad("peers", "and p2p.peers_dns cannot both be set");
+  // Unsigned peer requests, or a mirror that serves anyone, only on this
+  // host unless the operator says otherwise in so many words.
+  if (c.secret_file.empty() && !c.insecure && !is_loopback_listen(c.listen))
+    return bad("listen", "= \"" + c.listen + "\" is not a loopback address: set p2p.secret_file (a secret shared "
+                         "by every node) or, to accept unsigned peer requests, p2p.insecure: true");
+  if (!c.mirror_listen.empty() && !c.insecure && !is_loopback_listen(c.mirror_listen))
+    return bad("mirror_listen", "= \"" + c.mirror_listen + "\" is not a loopback address: the mirror answers "
+                                "anyone; set p2p.insecure: true to allow that");
   return c;
 }
 

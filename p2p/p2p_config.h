@@ -22,7 +22,15 @@ struct P2pConfig {
   uint32_t dns_refresh_ms = 5000;  // how often peers_dns is resolved again
   std::string store_dir;           // the piece store; "" = <cache work_dir>/p2p
   uint64_t store_size = 10ull << 30;  // bytes of raw blob data kept for peers
-  std::string mirror_listen = "127.0.0.1:65001";  // the stock-client endpoint (issue 12)
+  // The stock-client endpoint (nydusd's mirror, containerd's hosts.toml):
+  // no peer signature; "" = off.
+  std::string mirror_listen = "127.0.0.1:65001";
+  // The cluster secret every peer request is signed with (p2p/peer_auth.h);
+  // "" = peer requests are not signed nor checked, allowed only when both
+  // listen addresses are loopback or `insecure` is true.
+  std::string secret_file;
+  bool insecure = false;            // listen on non-loopback addresses without a secret
+  uint32_t auth_window_s = 30;      // a signature's timestamp may be this far off (and its nonce is kept as long)
   uint64_t unit_size = 1ull << 20;  // placement unit: aligned raw-blob range with one owner (p2p/README.md: why 1 MiB)
   uint32_t granule_size = 4096;     // readiness and origin-fetch alignment inside the store
   uint32_t peer_timeout_ms = 100;   // connect + response headers from a peer

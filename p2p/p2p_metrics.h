@@ -40,6 +40,16 @@ class P2pMetrics {
   std::atomic<uint64_t> redirects_followed{0};   // redirects to a holder this node followed
   std::atomic<uint64_t> redirects_sent{0};       // askers this node's server sent to holders
   std::atomic<uint64_t> fallback_redirects{0};   // askers sent to the next owner just after start
+  // Peer-port refusals by reason (p2p/peer_auth.h).
+  std::atomic<uint64_t> refused_unsigned{0};
+  std::atomic<uint64_t> refused_bad_signature{0};  // malformed or wrong signature
+  std::atomic<uint64_t> refused_stale{0};
+  std::atomic<uint64_t> refused_replayed{0};
+  // Requests by client kind (both endpoints).
+  std::atomic<uint64_t> requests_from_peers{0};
+  std::atomic<uint64_t> requests_from_nydusd{0};
+  std::atomic<uint64_t> requests_from_containerd{0};
+  std::atomic<uint64_t> requests_from_others{0};
 
   PeerUpload& upload(const std::string& peer) {
     std::lock_guard<std::mutex> g(mu_);

@@ -66,6 +66,7 @@ constexpr size_t kFetchWorkers = 32;
 P2pNode::P2pNode(P2pConfig config) : config_(std::move(config)) {}
 
 P2pNode::~P2pNode() {
+  mirror_.reset();
   server_.reset();
   pool_.reset();
   membership_.reset();
@@ -78,13 +79,20 @@ Result<std::unique_ptr<P2pNode>> P2pNode::start(const P2pConfig& config) {
   std::unique_ptr<P2pNode> node(new P2pNode(config));
   NYDUS_ASSIGN(node->store_,
                PieceStore::open({config.store_dir, config.store_size, config.granule_size}));
+  if (!config.secret_file.empty()) {
+    NYDUS_ASSIGN(node->auth_, PeerAuth::load(config.secret_file, std::chrono::seconds(config.auth_window_s)));
+  }
   node->client_ = std::make_unique<PeerClient>(config);
   PeerClient* client = node->client_.get();
+  client->set_auth(node->auth_.get());
   NYDUS_ASSIGN(node->membership_,
                Membership::start(config, nullptr, [client](const std::string& peer) { return client->ping(peer); }));
   client->set_self(node->membership_->self());
   node->pool_ = std::make_unique<FetchPool>(kFetchWorkers);
-  NYDUS_ASSIGN(node->server_, PeerServer::start(*node));
+  NYDUS_ASSIGN(node->server_, PeerServer::start(*node, PeerServer::Role::kPeers));
+  if (!config.mirror_listen.empty()) {
+    NYDUS_ASSIGN(node->mirror_, PeerServer::start(*node, PeerServer::Role::kMirror));
+  }
   return node;
 }
 

@@ -3,9 +3,9 @@
 // RAFS instance of the daemon (a shared-mode daemon runs one node for all
 // its mounts). Instances reach it through PeerBackend (p2p/peer_backend.h).
 //
-// Lifetime: start() brings up membership and the peer server (listening
-// when it returns); the destructor stops the server (in-flight uploads are
-// cut), then the fetch workers, then membership. Instances must be gone
+// Lifetime: start() brings up membership, the peer server and the mirror
+// endpoint (listening when it returns); the destructor stops the servers
+// (in-flight uploads are cut), then the fetch workers, then membership. Instances must be gone
 // before the node.
 //
 // Thread-safety: every method may be called from any thread.
@@ -22,6 +22,7 @@
 #include "p2p/membership.h"
 #include "p2p/p2p_config.h"
 #include "p2p/p2p_metrics.h"
+#include "p2p/peer_auth.h"
 #include "p2p/peer_client.h"
 #include "p2p/piece_store.h"
 
@@ -40,6 +41,8 @@ class P2pNode {
   Membership& membership() { return *membership_; }
   PeerClient& client() { return *client_; }
   P2pMetrics& metrics() { return metrics_; }
+  // The peer-request signer and checker; null without p2p.secret_file.
+  PeerAuth* auth() { return auth_.get(); }
   const std::string& self() const { return membership_->self(); }
 
   // The usable members in rendezvous order for unit `unit` of `digest`,
@@ -69,11 +72,13 @@ class P2pNode {
 
   const P2pConfig config_;
   P2pMetrics metrics_;
+  std::unique_ptr<PeerAuth> auth_;
   std::unique_ptr<PieceStore> store_;
   std::unique_ptr<Membership> membership_;
   std::unique_ptr<PeerClient> client_;
   std::unique_ptr<FetchPool> pool_;
   std::unique_ptr<PeerServer> server_;
+  std::unique_ptr<PeerServer> mirror_;
 };
 
 }  // namespace nydus::p2p

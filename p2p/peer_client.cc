@@ -10,9 +10,11 @@ namespace {
 
 using std::chrono::milliseconds;
 
-std::string range_header(uint64_t offset, uint64_t length) {
-  return "Range: bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1);
+std::string range_value(uint64_t offset, uint64_t length) {
+  return "bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1);
 }
+
+std::string range_header(uint64_t offset, uint64_t length) { return "Range: " + range_value(offset, length); }
 
 bool parse_u64(const std::string& s, uint64_t* out) {
   if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) return false;
@@ -62,6 +64,10 @@ backend::HttpRequest PeerClient::peer_request(const std::string& peer, const Blo
   return req;
 }
 
+void PeerClient::sign(backend::HttpRequest& req, const BlobLocation& blob, const std::string& range) const {
+  if (auth_) req.headers.push_back(std::string(kPeerAuthHeader) + ": " + auth_->sign(req.method, blob.path(), range));
+}
+
 Status PeerClient::fetch_range(const std::string& peer, const BlobLocation& blob, uint64_t blob_size,
                                uint64_t offset, std::span<uint8_t> dst, RangeAsk ask, std::string* holder) {
   if (dst.empty()) return Status::Ok();
@@ -73,6 +79,7 @@ Status PeerClient::fetch_range(const std::string& peer, const BlobLocation& blob
   if (ask.held_only) req.headers.push_back("X-Nydus-Held-Only: 1");
   if (ask.no_redirect) req.headers.push_back("X-Nydus-No-Redirect: 1");
   if (!self_.empty()) req.headers.push_back("X-Nydus-Peer: " + self_);
+  sign(req, blob, range_value(offset, dst.size()));
   req.sink = dst;
   NYDUS_ASSIGN(const backend::HttpResponse res, peers_.perform(req));
   const std::string where = "peer " + peer + " blob " + blob.digest.substr(0, 12);
@@ -100,6 +107,7 @@ Result<uint64_t> PeerClient::fetch_size(const std::string& peer, const BlobLocat
   backend::HttpRequest req = peer_request(peer, blob, "HEAD");
   // The peer may have to ask the origin first: allow it the stall time.
   req.first_byte_timeout = milliseconds(config_.peer_stall_ms);
+  sign(req, blob, "");
   NYDUS_ASSIGN(const backend::HttpResponse res, peers_.perform(req));
   if (res.status == 404) return Status::not_found("peer " + peer + ": blob " + blob.digest + " not found");
   if (res.status != 200) return Status::io("peer " + peer + ": HEAD answered " + std::to_string(res.status));

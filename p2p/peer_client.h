@@ -9,7 +9,11 @@
 // expected, and exactly that many body bytes. Anything else is an error
 // (the caller demotes the peer and asks the next one).
 //
-// Thread-safety: any number of concurrent calls.
+// With a PeerAuth (set_auth), every range and size request is signed
+// (p2p/peer_auth.h); pings are not (/server/ping is open).
+//
+// Thread-safety: any number of concurrent calls; set_self and set_auth
+// before the first.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +27,7 @@
 #include "common/status.h"
 #include "p2p/blob_location.h"
 #include "p2p/p2p_config.h"
+#include "p2p/peer_auth.h"
 #include "p2p/piece_store.h"
 
 namespace nydus::p2p {
@@ -46,6 +51,8 @@ class PeerClient {
   // This node's peer address, sent with every range request so an owner
   // can name it as a holder later.
   void set_self(const std::string& self) { self_ = self; }
+  // Signs peer requests with `auth` (owned by the caller, outlives this).
+  void set_auth(const PeerAuth* auth) { auth_ = auth; }
   // The blob's size as `peer` reports it (HEAD).
   Result<uint64_t> fetch_size(const std::string& peer, const BlobLocation& blob);
   // GET /server/ping answered 200 within the peer timeout.
@@ -66,6 +73,9 @@ class PeerClient {
 
  private:
   backend::HttpRequest peer_request(const std::string& peer, const BlobLocation& blob, const char* method) const;
+  // Adds the signature header when a PeerAuth is set; `range` is the Range
+  // value sent ("" for none).
+  void sign(backend::HttpRequest& req, const BlobLocation& blob, const std::string& range) const;
   // One request for the blob at its origin, built by `prepare` for each
   // hop: up to two redirects are followed by hand, the Authorization sent
   // to the origin only (registries redirect to pre-signed storage URLs that
@@ -77,6 +87,7 @@ class PeerClient {
 
   const P2pConfig config_;
   std::string self_;
+  const PeerAuth* auth_ = nullptr;
   backend::HttpClient peers_;
   backend::HttpClient origin_;
 };

@@ -11,12 +11,14 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "common/log.h"
 #include "p2p/hot_units.h"
 #include "p2p/membership.h"
 #include "p2p/p2p_node.h"
+#include "p2p/peer_auth.h"
 
 namespace nydus::p2p {
 namespace {
@@ -235,14 +237,17 @@ Result<std::string> origin_from(const char* dragonfly_registry, const char* ns) 
 
 struct PeerServer::Impl {
   P2pNode& node;
+  const Role role;
   MHD_Daemon* mhd = nullptr;
   uint16_t port = 0;
+  std::mutex refusals_mu;
+  std::set<std::pair<std::string, AuthVerdict>> refusals_logged;  // guarded by refusals_mu
 
   HotUnits hot;
   std::atomic<bool> stopping{false};  // set before MHD_stop_daemon so streams end at once
   const Clock::time_point started = Clock::now();
 
-  explicit Impl(P2pNode& n) : node(n), hot(n.config().spread_uploads) {}
+  Impl(P2pNode& n, Role r) : node(n), role(r), hot(n.config().spread_uploads) {}
 
   static MHD_Result on_access(void* cls, MHD_Connection* conn, const char* url, const char* method,
                               const char*, const char*, size_t* upload_data_size, void** con_cls) noexcept {
@@ -291,10 +296,61 @@ struct PeerServer::Impl {
     return text(conn, status, why + "\n");
   }
 
+  // 401 with the reason; counted; logged once per client address and reason.
+  MHD_Result refuse_unauthenticated(MHD_Connection* conn, AuthVerdict verdict) {
+    P2pMetrics& m = node.metrics();
+    switch (verdict) {
+      case AuthVerdict::kMissing: m.refused_unsigned.fetch_add(1, std::memory_order_relaxed); break;
+      case AuthVerdict::kStale: m.refused_stale.fetch_add(1, std::memory_order_relaxed); break;
+      case AuthVerdict::kReplayed: m.refused_replayed.fetch_add(1, std::memory_order_relaxed); break;
+      default: m.refused_bad_signature.fetch_add(1, std::memory_order_relaxed); break;
+    }
+    const std::string client = client_address(conn);
+    bool first = false;
+    {
+      std::lock_guard<std::mutex> g(refusals_mu);
+      if (refusals_logged.size() < 4096) first = refusals_logged.emplace(client, verdict).second;
+    }
+    if (first)
+      LOG_WARN("p2p: refusing requests from %s: %s (logged once per address and reason; see the refused_* metrics)",
+               client.c_str(), auth_verdict_name(verdict));
+    std::string body = std::string("peer request refused: ") + auth_verdict_name(verdict) + "\n";
+    MHD_Response* r =
+        MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "NydusP2P");
+    MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_UNAUTHORIZED, r);
+    MHD_destroy_response(r);
+    return ret;
+  }
+
+  // Requests by kind of client: our peers (they name themselves), stock
+  // nydusd and containerd (by User-Agent), anything else.
+  void count_client(MHD_Connection* conn) {
+    P2pMetrics& m = node.metrics();
+    if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kPeerHeader)) {
+      m.requests_from_peers.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    const char* ua = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_USER_AGENT);
+    const std::string agent = ua ? ua : "";
+    if (agent.find("containerd") != std::string::npos) m.requests_from_containerd.fetch_add(1, std::memory_order_relaxed);
+    else if (agent.find("nydus") != std::string::npos) m.requests_from_nydusd.fetch_add(1, std::memory_order_relaxed);
+    else m.requests_from_others.fetch_add(1, std::memory_order_relaxed);
+  }
+
   MHD_Result handle(MHD_Connection* conn, const std::string& path, const std::string& method, RequestContext& ctx) {
     const bool head = method == "HEAD";
     if (method != "GET" && !head) return refuse(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
     if (path == "/server/ping" || path == "/healthy") return text(conn, MHD_HTTP_OK, "");
+    if (role == Role::kPeers && node.auth()) {
+      const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
+      const AuthVerdict verdict = node.auth()->verify(
+          method, path, range ? range : "", MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kPeerAuthHeader));
+      if (verdict != AuthVerdict::kOk) return refuse_unauthenticated(conn, verdict);
+    }
+    count_client(conn);
     auto target = parse_blob_path(path);
     if (!target.ok() && target.status().code() == Code::kInvalidInput)
       return refuse(conn, MHD_HTTP_BAD_REQUEST, target.status().message());
@@ -641,8 +697,10 @@ void mhd_logger(void*, const char* fmt, va_list ap) {
 }
 }  // namespace
 
-Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node) {
-  NYDUS_ASSIGN(auto hp, split_host_port(node.config().listen, "p2p.listen"));
+Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node, Role role) {
+  const std::string& listen = role == Role::kPeers ? node.config().listen : node.config().mirror_listen;
+  const std::string field = role == Role::kPeers ? "p2p.listen" : "p2p.mirror_listen";
+  NYDUS_ASSIGN(auto hp, split_host_port(listen, field));
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
   unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
@@ -652,7 +710,7 @@ Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node) {
     a6->sin6_family = AF_INET6;
     a6->sin6_port = htons(hp.second);
     if (inet_pton(AF_INET6, hp.first.c_str(), &a6->sin6_addr) != 1)
-      return Status::invalid("p2p.listen: '" + hp.first + "' is not an IPv6 address");
+      return Status::invalid(field + ": '" + hp.first + "' is not an IPv6 address");
     addr_len = sizeof(sockaddr_in6);
     flags |= MHD_USE_IPv6;
   } else {
@@ -660,11 +718,11 @@ Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node) {
     a4->sin_family = AF_INET;
     a4->sin_port = htons(hp.second);
     if (inet_pton(AF_INET, hp.first.c_str(), &a4->sin_addr) != 1)
-      return Status::invalid("p2p.listen: '" + hp.first + "' is not an IPv4 address");
+      return Status::invalid(field + ": '" + hp.first + "' is not an IPv4 address");
     addr_len = sizeof(sockaddr_in);
   }
   (void)addr_len;
-  auto impl = std::make_unique<Impl>(node);
+  auto impl = std::make_unique<Impl>(node, role);
   impl->mhd = MHD_start_daemon(flags, hp.second, nullptr, nullptr, &Impl::on_access, impl.get(),
                                MHD_OPTION_EXTERNAL_LOGGER, &mhd_logger, nullptr,
                                MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&addr),
@@ -673,10 +731,14 @@ Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node) {
                                MHD_OPTION_NOTIFY_COMPLETED, &Impl::on_completed, impl.get(),
                                MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
                                MHD_OPTION_END);
-  if (!impl->mhd) return Status::io("p2p: cannot listen on " + node.config().listen + " (address in use?)");
+  if (!impl->mhd) return Status::io(field + ": cannot listen on " + listen + " (address in use?)");
   const MHD_DaemonInfo* info = MHD_get_daemon_info(impl->mhd, MHD_DAEMON_INFO_BIND_PORT);
   impl->port = info ? info->port : hp.second;
-  LOG_INFO("p2p: peer server listening on %s", node.config().listen.c_str());
+  if (role == Role::kPeers)
+    LOG_INFO("p2p: peer server listening on %s (%s)", listen.c_str(),
+             node.auth() ? "signed requests only" : "unsigned requests accepted");
+  else
+    LOG_INFO("p2p: mirror endpoint for clients on this node listening on %s", listen.c_str());
   return std::unique_ptr<PeerServer>(new PeerServer(std::move(impl)));
 }
 

@@ -20,6 +20,13 @@
 // name with '..' or odd characters, a bad Range or origin) is 400 with a
 // one-line reason; other methods 405.
 //
+// Two roles, one handler: Role::kPeers listens on p2p.listen for the other
+// nodes and, with p2p.secret_file, answers only signed requests
+// (p2p/peer_auth.h; 401 naming the reason, counted by reason, logged once
+// per client address and reason; /server/ping and /healthy stay open for
+// probes). Role::kMirror listens on p2p.mirror_listen for stock clients on
+// the node (nydusd's mirror, containerd's hosts.toml): no signature.
+//
 // Thread-safety: start() and the destructor from one thread.
 #pragma once
 
@@ -55,8 +62,10 @@ Result<std::string> origin_from(const char* dragonfly_registry, const char* ns);
 
 class PeerServer {
  public:
-  // Listens on config.listen. The node must outlive the server.
-  static Result<std::unique_ptr<PeerServer>> start(P2pNode& node);
+  enum class Role { kPeers, kMirror };
+  // Listens on config.listen (kPeers) or config.mirror_listen (kMirror).
+  // The node must outlive the server.
+  static Result<std::unique_ptr<PeerServer>> start(P2pNode& node, Role role);
   ~PeerServer();
   uint16_t port() const;
 

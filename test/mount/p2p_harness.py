@@ -31,7 +31,10 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
   Cluster(nodes=0, rate="100mbit", node_rate=None, p2p=True, peers="static",
           p2p_extra=None, image=None, repo="p2p/test")
       .registry_ip, .registry_host ("ip:5000"), .host_ip, .subnet, .repo,
-      .image, .nodes, .extra_peers
+      .image, .nodes, .extra_peers, .secret / .secret_path (every node's
+      p2p.secret_file: peer requests are signed)
+      peer_auth(method, path, range_value="", t=None, nonce=None, secret=None)
+                                         an X-Nydus-P2P-Auth value, computed in Python
       add_node() -> Node                 (namespace only; Node.start() runs nydusd)
       start_nodes(nodes=None)            start several, in parallel
       peer_addresses()                   "ip:65002" of every node, started or not
@@ -46,6 +49,7 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
       start(wait=20, poll=0.01), stop() (SIGTERM) -> rc, kill() (SIGKILL), restart()
       read_all(check=True, order=None) -> ReadReport, read_file(rel) -> bytes
       run_in_mount(args)                 args chrooted into the mount (e.g. python3 -V)
+      (MIRROR_URL: a node's mirror endpoint, reached from inside its namespace)
       cut_registry(), restore_registry()   this node only; failures are immediate
       origin_rx_bytes()                  live bytes received on its registry connections
       metrics() -> GET /api/v1/metrics/backend (dict), api(path)
@@ -70,12 +74,14 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import hmac
 import http.client
 import json
 import os
 import pathlib
 import random
 import re
+import secrets
 import select
 import shutil
 import signal
@@ -102,6 +108,8 @@ PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.execu
 DNSMASQ = "/usr/sbin/dnsmasq"
 
 PEER_PORT = 65002
+MIRROR_URL = "http://127.0.0.1:65001"  # every node's mirror endpoint, inside its namespace (the default mirror_listen)
+PEER_AUTH_HEADER = "X-Nydus-P2P-Auth"
 REGISTRY_PORT = 5000
 NODES_NAME = "nodes.p2p.test"
 PREFIX = "np2p"            # netns names: np2p-<run>-reg / -n<i> / -f<j>
@@ -593,6 +601,7 @@ class Node:
             p2p = {
                 "listen": self.address,
                 "advertise": self.address,
+                "secret_file": str(c.secret_path),
                 "store_dir": str(self.store_dir),
                 "store_size": 1 << 30,
                 "unit_size": 1 << 20,
@@ -1066,6 +1075,10 @@ class Cluster:
         self.image = image or build_test_image(image_seed)
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{self.run}-"))
         os.chmod(self.dir, 0o755)
+        # The cluster secret every node signs its peer requests with (p2p.secret_file).
+        self.secret = secrets.token_hex(32)
+        self.secret_path = self.dir / "p2p-secret"
+        self.secret_path.write_text(self.secret + "\n")
         a, b = _pick_subnet(int(self.run.split("-")[1], 36))
         self._net = (a, b)
         self.subnet = f"10.{a}.{b}.0/24"
@@ -1086,6 +1099,15 @@ class Cluster:
 
     def address(self, host):
         return f"10.{self._net[0]}.{self._net[1]}.{host}"
+
+    def peer_auth(self, method, path, range_value="", t=None, nonce=None, secret=None):
+        """The X-Nydus-P2P-Auth value for a request, computed here (Python's
+        hmac) from the protocol in p2p/peer_auth.h, not by the daemon's code."""
+        t = int(time.time()) if t is None else t
+        nonce = nonce or secrets.token_hex(16)
+        text = f"nydus-p2p-v1\n{method}\n{path}\n{range_value}\n{t}\n{nonce}".encode()
+        mac = hmac.new((secret or self.secret).encode(), text, hashlib.sha256).hexdigest()
+        return f"v1 t={t} n={nonce} s={mac}"
 
     # network
 

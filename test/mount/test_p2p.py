@@ -355,9 +355,10 @@ def test_p2p_dns_membership_changes_under_load():
 
 
 def test_p2p_endpoint_serves_ranges_to_curl():
-    """curl with Range and X-Dragonfly-Registry (and with ?ns=) against a
-    node's peer port gets exactly the blob's bytes; /server/ping and /healthy
-    answer 200."""
+    """curl, a stock client, with Range and X-Dragonfly-Registry (and with
+    ?ns=) against a node's mirror endpoint (127.0.0.1:65001 in its
+    namespace, no signature) gets exactly the blob's bytes; /server/ping
+    and /healthy answer 200."""
     with ph.Cluster(nodes=2) as c:
         a, b = c.start_nodes()
         a.read_all()
@@ -366,17 +367,83 @@ def test_p2p_endpoint_serves_ranges_to_curl():
         for first, last in [(0, 0), (1000, 1048575 + 5000), (len(blob) - 4096, len(blob) - 1)]:
             r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-f", "-D", "/dev/stderr", "-o", "-",
                                 "-r", f"{first}-{last}", "-H", f"X-Dragonfly-Registry: {c.registry_url}",
-                                f"http://{a.address}{path}"], capture_output=True, timeout=30)
+                                f"{ph.MIRROR_URL}{path}"], capture_output=True, timeout=30)
             assert r.returncode == 0, r.stderr
             assert r.stdout == blob[first:last + 1], (first, last, len(r.stdout))
             assert f"content-range: bytes {first}-{last}/{len(blob)}" in r.stderr.decode().lower()
         r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-f", "-o", "-", "-r", "4096-8191",
-                            f"http://{a.address}{path}?ns={c.registry_host}"], capture_output=True, timeout=30)
+                            f"{ph.MIRROR_URL}{path}?ns={c.registry_host}"], capture_output=True, timeout=30)
         assert r.returncode == 0 and r.stdout == blob[4096:8192], r.stderr
         for ping in ("/server/ping", "/healthy"):
             r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                                f"http://{a.address}{ping}"], capture_output=True, timeout=10)
+                                f"{ph.MIRROR_URL}{ping}"], capture_output=True, timeout=10)
             assert r.stdout == b"200", (ping, r)
+
+
+def test_p2p_peer_port_answers_signed_requests_only():
+    """The guarded peer port (issue 12): from another namespace, requests
+    without the signature, with a wrong one (another secret, or moved to
+    another range), a replayed one and a stale one get 401, each counted
+    under its reason and logged once per address and reason (two unsigned
+    requests, one line); the same request signed right (by the test, in
+    Python) gets the bytes; /server/ping stays open for probes."""
+    with ph.Cluster(nodes=2) as c:
+        a, b = c.start_nodes()
+        a.read_all()
+        blob = c.image.blob_path.read_bytes()
+        path = f"/v2/{c.repo}/blobs/sha256:{c.image.digest}"
+        url = f"http://{a.address}{path}"
+        since = time.time()
+
+        def get(auth=None, rng="bytes=4096-8191"):
+            args = ["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-H",
+                    f"X-Dragonfly-Registry: {c.registry_url}", "-H", f"Range: {rng}"]
+            if auth is not None:
+                args += ["-H", f"{ph.PEER_AUTH_HEADER}: {auth}"]
+            r = subprocess.run(args + [url], capture_output=True, timeout=20)
+            assert r.returncode == 0, r.stderr
+            body, _, code = r.stdout.rpartition(b"\n")
+            return int(code), body
+
+        before = a.metrics()["p2p"]
+        assert get()[0] == 401
+        assert get()[0] == 401
+        assert get(c.peer_auth("GET", path, "bytes=4096-8191", secret="not-the-cluster-secret-at-all"))[0] == 401
+        assert get(c.peer_auth("GET", path, "bytes=0-8191"))[0] == 401  # signed for another range
+        assert get(c.peer_auth("GET", path, "bytes=4096-8191", t=int(time.time()) - 600))[0] == 401
+        good = c.peer_auth("GET", path, "bytes=4096-8191")
+        code, body = get(good)
+        assert code == 206 and body == blob[4096:8192], (code, len(body))
+        code, body = get(good)
+        assert code == 401 and b"replayed" in body, (code, body)
+        after = a.metrics()["p2p"]
+        delta = {k: after[k] - before[k] for k in ("refused_unsigned", "refused_bad_signature", "refused_stale",
+                                                   "refused_replayed")}
+        assert delta == {"refused_unsigned": 2, "refused_bad_signature": 2, "refused_stale": 1,
+                         "refused_replayed": 1}, delta
+        lines = [l for l in a.p2p_log_lines(b.ip, since=since) if "refusing" in l]
+        reasons = sorted(l.rsplit(": ", 1)[-1].split(" ")[0] for l in lines)
+        assert reasons == ["bad_signature", "no_credentials", "replayed", "stale_timestamp"], lines
+        r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            f"http://{a.address}/server/ping"], capture_output=True, timeout=10)
+        assert r.stdout == b"200", r
+
+
+def test_p2p_nodes_with_another_secret_get_nothing_from_the_cluster():
+    """A node whose secret differs from the cluster's: the cluster refuses
+    its requests (counted), it still reads every file byte-exact (from the
+    origin), and it gives the cluster nothing either."""
+    with ph.Cluster(nodes=2) as c:
+        a, b = c.nodes
+        other = c.dir / "other-secret"
+        other.write_text("an-outsider-secret-that-differs\n")
+        b.p2p_extra["secret_file"] = str(other)
+        c.start_nodes()
+        a.read_all()
+        b.read_all()
+        refused = a.metrics()["p2p"]["refused_bad_signature"] + b.metrics()["p2p"]["refused_bad_signature"]
+        assert refused > 0
+        assert a.metrics()["p2p"]["upload_bytes"] == 0 and b.metrics()["p2p"]["upload_bytes"] == 0
 
 
 def test_p2p_owner_follows_origin_redirects_without_credentials():
@@ -428,9 +495,9 @@ def test_p2p_owner_follows_origin_redirects_without_credentials():
         try:
             path = f"/v2/{c.repo}/blobs/sha256:{c.image.digest}"
             first, last = 5000, 5000 + 300000
-            r = subprocess.run(["ip", "netns", "exec", a.ns, "curl", "-sS", "-f", "-o", "-", "-r", f"{first}-{last}",
+            r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-f", "-o", "-", "-r", f"{first}-{last}",
                                 "-H", f"X-Dragonfly-Registry: http://{c.host_ip}:{server.server_port}",
-                                "-H", "Authorization: Bearer for-the-origin-only", f"http://{b.address}{path}"],
+                                "-H", "Authorization: Bearer for-the-origin-only", f"{ph.MIRROR_URL}{path}"],
                                capture_output=True, timeout=30)
             assert r.returncode == 0, r.stderr
             assert r.stdout == blob[first:last + 1]

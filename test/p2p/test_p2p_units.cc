@@ -720,8 +720,10 @@ TEST_CASE("parse_content_range", "[p2p][peer_client]") {
 // ---------------------------------------------------------------- p2p config object
 
 TEST_CASE("parse_p2p_object: defaults", "[p2p][config]") {
-  auto c = nydus::daemon::parse_p2p_object(json{{"peers", {"10.0.0.1:65002"}}});
+  auto c = nydus::daemon::parse_p2p_object(json{{"peers", {"10.0.0.1:65002"}}, {"insecure", true}});
   REQUIRE(c.ok());
+  CHECK(c->secret_file.empty());
+  CHECK(c->auth_window_s == 30);
   const P2pConfig d;
   CHECK(c->listen == "0.0.0.0:65002");
   CHECK(c->advertise.empty());
@@ -743,7 +745,7 @@ TEST_CASE("parse_p2p_object: defaults", "[p2p][config]") {
 
   // Unknown keys and nulls are ignored.
   auto n = nydus::daemon::parse_p2p_object(
-      json{{"peers_dns", "peers.svc:65002"}, {"listen", nullptr}, {"future_key", {{"x", 1}}}});
+      json{{"peers_dns", "peers.svc:65002"}, {"listen", nullptr}, {"insecure", true}, {"future_key", {{"x", 1}}}});
   REQUIRE(n.ok());
   CHECK(n->listen == "0.0.0.0:65002");
   CHECK(n->peers_dns == "peers.svc:65002");
@@ -758,7 +760,8 @@ TEST_CASE("parse_p2p_object: every field", "[p2p][config]") {
                   {"granule_size", 8192},          {"peer_timeout_ms", 55},
                   {"peer_stall_ms", 777},          {"failure_backoff_ms", 123},
                   {"bad_data_backoff_ms", 4567},   {"max_candidates", 5},
-                  {"upload_connections", 99},      {"spread_uploads", 0}};
+                  {"upload_connections", 99},      {"spread_uploads", 0},
+                  {"secret_file", "/run/secrets/p2p"}, {"auth_window_s", 10}};
   auto c = nydus::daemon::parse_p2p_object(o);
   REQUIRE(c.ok());
   CHECK(c->listen == "10.0.0.1:7000");
@@ -778,15 +781,18 @@ TEST_CASE("parse_p2p_object: every field", "[p2p][config]") {
   CHECK(c->max_candidates == 5);
   CHECK(c->upload_connections == 99);
   CHECK(c->spread_uploads == 0);
+  CHECK(c->secret_file == "/run/secrets/p2p");
+  CHECK(c->auth_window_s == 10);
+  CHECK_FALSE(c->insecure);
 
-  auto p = nydus::daemon::parse_p2p_object(json{{"peers", {"10.0.0.1:1", "[fd00::1]:2"}}});
+  auto p = nydus::daemon::parse_p2p_object(json{{"peers", {"10.0.0.1:1", "[fd00::1]:2"}}, {"insecure", true}});
   REQUIRE(p.ok());
   CHECK(p->peers == std::vector<std::string>{"10.0.0.1:1", "[fd00::1]:2"});
 }
 
 TEST_CASE("parse_p2p_object: sizes", "[p2p][config]") {
   auto size_of = [](const json& v) -> uint64_t {
-    auto c = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"store_size", v}});
+    auto c = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"insecure", true}, {"store_size", v}});
     INFO("store_size " << v.dump() << ": " << (c.ok() ? "ok" : c.status().message()));
     REQUIRE(c.ok());
     return c->store_size;
@@ -803,7 +809,7 @@ TEST_CASE("parse_p2p_object: sizes", "[p2p][config]") {
   CHECK(size_of(json(uint64_t{1} << 40)) == 1ull << 40);
 
   auto unit_of = [](const json& v) -> uint64_t {
-    auto c = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"unit_size", v}});
+    auto c = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"insecure", true}, {"unit_size", v}});
     REQUIRE(c.ok());
     return c->unit_size;
   };
@@ -814,7 +820,7 @@ TEST_CASE("parse_p2p_object: sizes", "[p2p][config]") {
                          json("10GiB "), json(-1), json(1.5), json(true), json::array({1}), json::object(),
                          json("1234567890123456789"), json("99999999TiB"), json("20000000000GiB"),
                          json("16777216TiB")}) {
-    auto c = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"store_size", bad}});
+    auto c = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"insecure", true}, {"store_size", bad}});
     INFO("store_size " << bad.dump() << ": " << (c.ok() ? "accepted as " + std::to_string(c->store_size) : ""));
     REQUIRE_FALSE(c.ok());
     CHECK(c.status().code() == Code::kInvalidInput);
@@ -823,7 +829,7 @@ TEST_CASE("parse_p2p_object: sizes", "[p2p][config]") {
 }
 
 TEST_CASE("parse_p2p_object: errors name the field", "[p2p][config]") {
-  const json base = {{"peers", {"10.0.0.1:65002"}}};
+  const json base = {{"peers", {"10.0.0.1:65002"}}, {"insecure", true}};
   struct Case {
     std::string field;
     json value;
@@ -861,6 +867,11 @@ TEST_CASE("parse_p2p_object: errors name the field", "[p2p][config]") {
       {"unit_size", 2048},        // smaller than the granule
       {"unit_size", 0},
       {"unit_size", "2GiB"},      // above 1 GiB
+      {"insecure", "yes"},        // true in so many words, nothing else
+      {"insecure", 1},
+      {"secret_file", true},
+      {"auth_window_s", 0},
+      {"auth_window_s", 3601},
   };
   for (const auto& tc : cases) {
     json o = base;
@@ -873,10 +884,10 @@ TEST_CASE("parse_p2p_object: errors name the field", "[p2p][config]") {
   }
 
   // A unit that is a multiple of a non-default granule.
-  auto g = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"granule_size", 8192}, {"unit_size", 24576}});
+  auto g = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"insecure", true}, {"granule_size", 8192}, {"unit_size", 24576}});
   REQUIRE(g.ok());
   CHECK(g->unit_size == 24576);
-  auto g2 = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"granule_size", 8192}, {"unit_size", 12288}});
+  auto g2 = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"insecure", true}, {"granule_size", 8192}, {"unit_size", 12288}});
   REQUIRE_FALSE(g2.ok());
   CHECK(g2.status().message().find("p2p.unit_size") != std::string::npos);
 
@@ -884,9 +895,9 @@ TEST_CASE("parse_p2p_object: errors name the field", "[p2p][config]") {
   auto neither = nydus::daemon::parse_p2p_object(json::object());
   REQUIRE_FALSE(neither.ok());
   CHECK(neither.status().message().find("p2p.peers") != std::string::npos);
-  auto empty_list = nydus::daemon::parse_p2p_object(json{{"peers", json::array()}});
+  auto empty_list = nydus::daemon::parse_p2p_object(json{{"peers", json::array()}, {"insecure", true}});
   REQUIRE_FALSE(empty_list.ok());
-  auto both = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"peers_dns", "b:1"}});
+  auto both = nydus::daemon::parse_p2p_object(json{{"peers", {"a:1"}}, {"insecure", true}, {"peers_dns", "b:1"}});
   REQUIRE_FALSE(both.ok());
   CHECK(both.status().message().find("p2p.peers") != std::string::npos);
   CHECK(both.status().message().find("peers_dns") != std::string::npos);
@@ -896,6 +907,34 @@ TEST_CASE("parse_p2p_object: errors name the field", "[p2p][config]") {
     REQUIRE_FALSE(c.ok());
     CHECK(c.status().message().find("p2p") != std::string::npos);
   }
+}
+
+TEST_CASE("parse_p2p_object: beyond loopback only with a secret or insecure: true", "[p2p][config]") {
+  auto parse = [](json o) {
+    o["peers"] = {"10.0.0.1:65002"};
+    return nydus::daemon::parse_p2p_object(o);
+  };
+  // The default listen (0.0.0.0) without a secret: refused, naming the field and the two ways out.
+  auto plain = parse(json::object());
+  REQUIRE_FALSE(plain.ok());
+  CHECK(plain.status().message().find("p2p.listen") != std::string::npos);
+  CHECK(plain.status().message().find("p2p.secret_file") != std::string::npos);
+  CHECK(plain.status().message().find("p2p.insecure") != std::string::npos);
+  for (const char* listen : {"10.0.0.5:65002", "[fd00::5]:65002", "0.0.0.0:1"})
+    CHECK_FALSE(parse(json{{"listen", listen}}).ok());
+  for (const char* listen : {"127.0.0.1:65002", "127.0.0.2:1", "[::1]:65002", "localhost:65002"}) {
+    INFO(listen);
+    CHECK(parse(json{{"listen", listen}}).ok());
+  }
+  CHECK(parse(json{{"secret_file", "/s"}}).ok());
+  CHECK(parse(json{{"insecure", true}}).ok());
+  CHECK_FALSE(parse(json{{"insecure", false}}).ok());
+  // The mirror answers without signatures: beyond loopback only with insecure, a secret is no help.
+  auto mirror = parse(json{{"secret_file", "/s"}, {"mirror_listen", "0.0.0.0:65001"}});
+  REQUIRE_FALSE(mirror.ok());
+  CHECK(mirror.status().message().find("p2p.mirror_listen") != std::string::npos);
+  CHECK(parse(json{{"insecure", true}, {"mirror_listen", "0.0.0.0:65001"}}).ok());
+  CHECK(parse(json{{"secret_file", "/s"}, {"mirror_listen", ""}}).ok());
 }
 
 // ---------------------------------------------------------------- daemon-level P2P file
@@ -932,8 +971,8 @@ TEST_CASE("load_daemon_p2p_config: both file shapes", "[p2p][config]") {
   using nydus::daemon::load_daemon_p2p_config;
   EnvGuard env(nullptr);
   TempDir dir("p2p-config");
-  write_file(dir / "wrapped.json", R"({"p2p": {"peers_dns": "peers.svc:7000", "unit_size": "1MiB"}, "other": 1})");
-  write_file(dir / "bare.json", R"({"peers": ["10.0.0.1:65002", "10.0.0.2:65002"], "store_size": "1GiB"})");
+  write_file(dir / "wrapped.json", R"({"p2p": {"peers_dns": "peers.svc:7000", "unit_size": "1MiB", "insecure": true}, "other": 1})");
+  write_file(dir / "bare.json", R"({"peers": ["10.0.0.1:65002", "10.0.0.2:65002"], "store_size": "1GiB", "insecure": true})");
 
   auto w = load_daemon_p2p_config(dir / "wrapped.json");
   REQUIRE(w.ok());
@@ -974,8 +1013,8 @@ TEST_CASE("load_daemon_p2p_config: errors", "[p2p][config]") {
 TEST_CASE("load_daemon_p2p_config: NYDUS_P2P_CONFIG and the flag", "[p2p][config]") {
   using nydus::daemon::load_daemon_p2p_config;
   TempDir dir("p2p-config");
-  write_file(dir / "env.json", R"({"p2p": {"peers": ["10.0.0.8:65002"]}})");
-  write_file(dir / "flag.json", R"({"peers": ["10.0.0.9:65002"]})");
+  write_file(dir / "env.json", R"({"p2p": {"peers": ["10.0.0.8:65002"], "insecure": true}})");
+  write_file(dir / "flag.json", R"({"peers": ["10.0.0.9:65002"], "insecure": true})");
   {
     EnvGuard env((dir / "env.json").c_str());
     auto e = load_daemon_p2p_config("");
@@ -1019,7 +1058,8 @@ TEST_CASE("parse_config: the p2p object in v1 JSON, v2 JSON and v2 TOML", "[p2p]
   const std::string v1 = R"({
     "device": {"backend": {"type": "localfs", "config": {"dir": "/x"}}},
     "mode": "direct",
-    "p2p": {"peers": ["10.0.0.1:65002", "10.0.0.2:65002"], "unit_size": "2MiB", "max_candidates": 2}
+    "p2p": {"peers": ["10.0.0.1:65002", "10.0.0.2:65002"], "unit_size": "2MiB", "max_candidates": 2,
+            "secret_file": "/run/secrets/p2p"}
   })";
   auto a = parse_config(v1);
   REQUIRE(a.ok());
@@ -1041,6 +1081,7 @@ type = "localfs"
 dir = "/x"
 [p2p]
 peers_dns = "peers.svc:65002"
+secret_file = "/run/secrets/p2p"
 store_size = "3GiB"
 granule_size = 8192
 unit_size = 4194304
@@ -1057,7 +1098,7 @@ dns_refresh_ms = 1000
   CHECK(t->p2p->dns_refresh_ms == 1000);
 
   const std::string v2json = R"({"version": 2, "backend": {"type": "localfs", "localfs": {"dir": "/x"}},
-                                 "p2p": {"peers": ["[fd00::1]:65002"]}})";
+                                 "p2p": {"peers": ["[fd00::1]:65002"], "insecure": true}})";
   auto j = parse_config(v2json);
   REQUIRE(j.ok());
   REQUIRE(j->p2p.has_value());
