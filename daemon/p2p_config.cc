@@ -94,6 +94,7 @@ Result<p2p::P2pConfig> parse_p2p_object(const json& o) {
   NYDUS_TRY(read_string(o, "peers_dns", &c.peers_dns));
   NYDUS_TRY(read_string(o, "store_dir", &c.store_dir));
   NYDUS_TRY(read_string(o, "mirror_listen", &c.mirror_listen));
+  NYDUS_TRY(read_string(o, "health_listen", &c.health_listen));
   NYDUS_TRY(read_string(o, "secret_file", &c.secret_file));
   NYDUS_TRY(read_bool(o, "insecure", &c.insecure));
   NYDUS_TRY(read_u32(o, "auth_window_s", 1, 3600, &c.auth_window_s));

@@ -25,6 +25,9 @@ struct P2pConfig {
   // The stock-client endpoint (nydusd's mirror, containerd's hosts.toml):
   // no peer signature; "" = off.
   std::string mirror_listen = "127.0.0.1:65001";
+  // Where /server/ping answers as on dfdaemon's health port, so the
+  // Dragonfly guide's nydusd config (ping_url :40901) works unchanged; "" = off.
+  std::string health_listen = "127.0.0.1:40901";
   // The cluster secret every peer request is signed with (p2p/peer_auth.h);
   // "" = peer requests are not signed nor checked, allowed only when both
   // listen addresses are loopback or `insecure` is true.

@@ -66,6 +66,7 @@ constexpr size_t kFetchWorkers = 32;
 P2pNode::P2pNode(P2pConfig config) : config_(std::move(config)) {}
 
 P2pNode::~P2pNode() {
+  health_.reset();
   mirror_.reset();
   server_.reset();
   pool_.reset();
@@ -92,6 +93,9 @@ Result<std::unique_ptr<P2pNode>> P2pNode::start(const P2pConfig& config) {
   NYDUS_ASSIGN(node->server_, PeerServer::start(*node, PeerServer::Role::kPeers));
   if (!config.mirror_listen.empty()) {
     NYDUS_ASSIGN(node->mirror_, PeerServer::start(*node, PeerServer::Role::kMirror));
+  }
+  if (!config.health_listen.empty()) {
+    NYDUS_ASSIGN(node->health_, PeerServer::start(*node, PeerServer::Role::kHealth));
   }
   return node;
 }
@@ -136,5 +140,17 @@ Result<std::shared_ptr<StoredBlob>> P2pNode::stored_blob(const std::string& dige
 }
 
 void P2pNode::submit(std::function<void()> task) { pool_->submit(std::move(task)); }
+
+Status P2pNode::ensure_from_origin(StoredBlob& blob, const BlobLocation& loc, uint64_t offset, uint64_t length,
+                                   std::chrono::steady_clock::time_point deadline) {
+  auto fetch = [this, &loc](uint64_t off, uint64_t len, const StoredBlob::Sink& sink) -> Status {
+    metrics_.origin_requests.fetch_add(1, std::memory_order_relaxed);
+    return client_->fetch_origin(loc, off, len, [this, &sink](std::span<const uint8_t> bytes) {
+      metrics_.origin_bytes.fetch_add(bytes.size(), std::memory_order_relaxed);
+      return sink(bytes);
+    });
+  };
+  return blob.ensure(offset, length, fetch, deadline);
+}
 
 }  // namespace nydus::p2p

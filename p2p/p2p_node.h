@@ -61,6 +61,12 @@ class P2pNode {
   Result<std::shared_ptr<StoredBlob>> stored_blob(const std::string& digest,
                                                   const std::function<Result<uint64_t>()>& size_fn);
 
+  // Makes [offset, offset + length) of `blob` ready from the origin named
+  // by `loc`, through the store's single-flight (StoredBlob::ensure),
+  // counting origin requests and bytes.
+  Status ensure_from_origin(StoredBlob& blob, const BlobLocation& loc, uint64_t offset, uint64_t length,
+                            std::chrono::steady_clock::time_point deadline);
+
   // Runs `task` on a fetch worker (origin fetches that feed streaming
   // uploads). Tasks still queued at shutdown are dropped; running ones end
   // within their HTTP deadlines.
@@ -79,6 +85,7 @@ class P2pNode {
   std::unique_ptr<FetchPool> pool_;
   std::unique_ptr<PeerServer> server_;
   std::unique_ptr<PeerServer> mirror_;
+  std::unique_ptr<PeerServer> health_;
 };
 
 }  // namespace nydus::p2p

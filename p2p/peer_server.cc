@@ -16,6 +16,7 @@
 
 #include "common/log.h"
 #include "p2p/hot_units.h"
+#include "p2p/mirror_relay.h"
 #include "p2p/membership.h"
 #include "p2p/p2p_node.h"
 #include "p2p/peer_auth.h"
@@ -165,6 +166,29 @@ ssize_t stream_block(void* cls, uint64_t pos, char* buf, size_t max) {
 }
 
 void free_stream(void* cls) { delete static_cast<Stream*>(cls); }
+
+// A mirror client's range through the P2P path (p2p/mirror_relay.h).
+struct RelayStream {
+  std::unique_ptr<MirrorRelay> relay;
+  P2pMetrics* metrics = nullptr;
+  PeerUpload* upload = nullptr;
+};
+
+ssize_t relay_block(void* cls, uint64_t pos, char* buf, size_t max) {
+  auto* st = static_cast<RelayStream*>(cls);
+  auto n = st->relay->read(pos, reinterpret_cast<uint8_t*>(buf), max);
+  if (!n.ok()) {
+    LOG_WARN("p2p: mirror: %s; cutting the response", n.status().message().c_str());
+    st->metrics->upload_errors.fetch_add(1, std::memory_order_relaxed);
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+  }
+  if (*n == 0) return MHD_CONTENT_READER_END_OF_STREAM;
+  st->metrics->upload_bytes.fetch_add(*n, std::memory_order_relaxed);
+  st->upload->bytes.fetch_add(*n, std::memory_order_relaxed);
+  return static_cast<ssize_t>(*n);
+}
+
+void free_relay(void* cls) { delete static_cast<RelayStream*>(cls); }
 
 ssize_t no_body(void*, uint64_t, char*, size_t) { return MHD_CONTENT_READER_END_WITH_ERROR; }
 
@@ -344,6 +368,7 @@ struct PeerServer::Impl {
     const bool head = method == "HEAD";
     if (method != "GET" && !head) return refuse(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
     if (path == "/server/ping" || path == "/healthy") return text(conn, MHD_HTTP_OK, "");
+    if (role == Role::kHealth) return text(conn, MHD_HTTP_NOT_FOUND, "this port answers /server/ping only\n");
     if (role == Role::kPeers && node.auth()) {
       const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
       const AuthVerdict verdict = node.auth()->verify(
@@ -458,6 +483,15 @@ struct PeerServer::Impl {
       }
       m.upload_bytes.fetch_add(length, std::memory_order_relaxed);
       upload.bytes.fetch_add(length, std::memory_order_relaxed);
+    } else if (role == Role::kMirror) {
+      if (loc.registry.empty()) return refuse(conn, MHD_HTTP_NOT_FOUND, "range not held here and no origin named");
+      auto relay = std::make_unique<RelayStream>();
+      relay->relay = std::make_unique<MirrorRelay>(node, loc, *blob, span.first, length);
+      relay->metrics = &m;
+      relay->upload = &upload;
+      r = MHD_create_response_from_callback(length, kStreamBlock, &relay_block, relay.get(), &free_relay);
+      if (!r) return MHD_NO;
+      relay.release();  // MHD frees it through free_relay
     } else {
       if (loc.registry.empty() && !held_only)
         return refuse(conn, MHD_HTTP_NOT_FOUND, "range not held here and no origin named");
@@ -619,14 +653,7 @@ struct PeerServer::Impl {
         blob = *created;
         state->set_blob(blob);
       }
-      auto fetch = [n, &loc](uint64_t off, uint64_t len, const StoredBlob::Sink& sink) -> Status {
-        n->metrics().origin_requests.fetch_add(1, std::memory_order_relaxed);
-        return n->client().fetch_origin(loc, off, len, [n, &sink](std::span<const uint8_t> bytes) {
-          n->metrics().origin_bytes.fetch_add(bytes.size(), std::memory_order_relaxed);
-          return sink(bytes);
-        });
-      };
-      Status s = blob->ensure(first, length, fetch, Clock::now() + kFetchDeadline);
+      Status s = n->ensure_from_origin(*blob, loc, first, length, Clock::now() + kFetchDeadline);
       if (!s.ok())
         LOG_WARN("p2p: fetching %s [%llu, +%llu) from %s for a peer: %s", loc.digest.substr(0, 12).c_str(),
                  static_cast<unsigned long long>(first), static_cast<unsigned long long>(length),
@@ -698,8 +725,13 @@ void mhd_logger(void*, const char* fmt, va_list ap) {
 }  // namespace
 
 Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node, Role role) {
-  const std::string& listen = role == Role::kPeers ? node.config().listen : node.config().mirror_listen;
-  const std::string field = role == Role::kPeers ? "p2p.listen" : "p2p.mirror_listen";
+  const P2pConfig& config = node.config();
+  const std::string& listen = role == Role::kPeers    ? config.listen
+                              : role == Role::kMirror ? config.mirror_listen
+                                                      : config.health_listen;
+  const std::string field = role == Role::kPeers    ? "p2p.listen"
+                            : role == Role::kMirror ? "p2p.mirror_listen"
+                                                    : "p2p.health_listen";
   NYDUS_ASSIGN(auto hp, split_host_port(listen, field));
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
@@ -737,8 +769,10 @@ Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node, Role role) 
   if (role == Role::kPeers)
     LOG_INFO("p2p: peer server listening on %s (%s)", listen.c_str(),
              node.auth() ? "signed requests only" : "unsigned requests accepted");
-  else
+  else if (role == Role::kMirror)
     LOG_INFO("p2p: mirror endpoint for clients on this node listening on %s", listen.c_str());
+  else
+    LOG_INFO("p2p: health probes (/server/ping) answered on %s", listen.c_str());
   return std::unique_ptr<PeerServer>(new PeerServer(std::move(impl)));
 }
 

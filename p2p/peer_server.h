@@ -25,7 +25,11 @@
 // (p2p/peer_auth.h; 401 naming the reason, counted by reason, logged once
 // per client address and reason; /server/ping and /healthy stay open for
 // probes). Role::kMirror listens on p2p.mirror_listen for stock clients on
-// the node (nydusd's mirror, containerd's hosts.toml): no signature.
+// the node (nydusd's mirror, containerd's hosts.toml): no signature; a
+// range this node does not hold goes through the P2P path (owners, then
+// the origin; p2p/mirror_relay.h), not straight to the origin.
+// Role::kHealth listens on p2p.health_listen and answers only the probes,
+// as dfdaemon's health port does.
 //
 // Thread-safety: start() and the destructor from one thread.
 #pragma once
@@ -62,8 +66,9 @@ Result<std::string> origin_from(const char* dragonfly_registry, const char* ns);
 
 class PeerServer {
  public:
-  enum class Role { kPeers, kMirror };
-  // Listens on config.listen (kPeers) or config.mirror_listen (kMirror).
+  enum class Role { kPeers, kMirror, kHealth };
+  // Listens on config.listen (kPeers), config.mirror_listen (kMirror) or
+  // config.health_listen (kHealth).
   // The node must outlive the server.
   static Result<std::unique_ptr<PeerServer>> start(P2pNode& node, Role role);
   ~PeerServer();

@@ -502,6 +502,106 @@ def stop_process(proc, timeout):
     return proc.returncode
 
 
+def read_tree(root, image, index, order=None, files=None):
+    """Reads every file of `image` (or `files`) under `root` (any mount of
+    it) and compares its sha256 with the source tree: a ReadReport for node
+    `index`. `order`: None (sorted), "reverse", or an int seed for a
+    shuffled order. An OSError is recorded and reading goes on."""
+    names = sorted(files if files is not None else image.files)
+    if order == "reverse":
+        names.reverse()
+    elif isinstance(order, int):
+        random.Random(order).shuffle(names)
+    report = ReadReport(index)
+    root = pathlib.Path(root)
+    start = time.monotonic()
+    for rel in names:
+        try:
+            h = hashlib.sha256()
+            with open(root / rel, "rb") as f:
+                while True:
+                    block = f.read(1 << 20)
+                    if not block:
+                        break
+                    h.update(block)
+                    report.bytes += len(block)
+            report.files += 1
+            if h.hexdigest() != image.files[rel]:
+                report.mismatches.append(rel)
+        except OSError as error:
+            report.errors.append((rel, f"{errno.errorcode.get(error.errno, error.errno)}: {error}"))
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def mounted_in(pid, mountpoint):
+    """True when process `pid` sees a FUSE mount at `mountpoint`."""
+    try:
+        text = pathlib.Path(f"/proc/{pid}/mountinfo").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) > 4 and fields[4] == str(mountpoint) and right.startswith("fuse"):
+            return True
+    return False
+
+
+class StockNydusd:
+    """A nydusd without p2p, started in a node's namespace with a config of
+    the test's choosing (Node.stock_nydusd): a stock client of the node's
+    mirror. .root (its mount, through its mount namespace), read_all(),
+    log(), stop()."""
+
+    def __init__(self, node, config, directory):
+        self.node = node
+        self.dir = pathlib.Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.mountpoint = self.dir / "mnt"
+        self.mountpoint.mkdir(exist_ok=True)
+        self.config_path = self.dir / "config.json"
+        self.config_path.write_text(json.dumps(config, indent=1))
+        self.log_path = self.dir / "nydusd.log"
+        self.proc = None
+
+    def start(self, wait=20):
+        args = ["ip", "netns", "exec", self.node.ns, str(NYDUSD), "fuse", "--bootstrap",
+                str(self.node.cluster.image.bootstrap), "--config", str(self.config_path), "--mountpoint",
+                str(self.mountpoint), "--apisock", str(self.dir / "api.sock"), "--log-file", str(self.log_path),
+                "--log-level", "info"]
+        self.proc = subprocess.Popen(args, stdout=open(self.dir / "stdout.log", "wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + wait
+        with MountTableWatch(self.proc.pid) as mount_table:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"stock nydusd exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+                if mounted_in(self.proc.pid, self.mountpoint):
+                    return self
+                mount_table.wait(0.05)
+        stop_process(self.proc, 5)
+        raise AssertionError(f"stock nydusd did not mount within {wait}s:\n{self.log()[-3000:]}")
+
+    @property
+    def root(self):
+        return pathlib.Path(f"/proc/{self.proc.pid}/root{self.mountpoint}")
+
+    def read_all(self, check=True):
+        report = read_tree(self.root, self.node.cluster.image, self.node.index)
+        if check:
+            assert report.ok, report.summary() + "\n" + self.log()[-3000:]
+        return report
+
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        return stop_process(self.proc, 10) if self.proc is not None else None
+
+
 class MountTableWatch:
     """Sleeps until a process's mount table changes: /proc/PID/mountinfo
     reports POLLPRI on every mount or unmount in that process's namespace
@@ -566,6 +666,7 @@ class Node:
         self.config_path = self.dir / "nydusd.json"
         self.proc = None
         self.starts = 0
+        self.stock_starts = 0
         for d in (self.cache_dir, self.store_dir, self.mountpoint):
             d.mkdir(parents=True, exist_ok=True)
         cluster._add_namespace(self.ns, f"n{index}", self.ip)
@@ -637,16 +738,7 @@ class Node:
         return pathlib.Path(f"/proc/{self.pid}/root{self.mountpoint}")
 
     def _mounted(self):
-        try:
-            text = pathlib.Path(f"/proc/{self.proc.pid}/mountinfo").read_text()
-        except OSError:
-            return False
-        for line in text.splitlines():
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) > 4 and fields[4] == str(self.mountpoint) and right.startswith("fuse"):
-                return True
-        return False
+        return mounted_in(self.proc.pid, self.mountpoint)
 
     def start(self, wait=20, poll=0.01, shared=False, need_api=True):
         """Writes the config and starts nydusd; returns once its FUSE mount
@@ -740,34 +832,17 @@ class Node:
         seed for a shuffled order. An OSError (EIO, ENOTCONN, ...) is recorded
         and reading goes on. With check=True any error or mismatch fails.
         `subdir`: a shared daemon's instance (mount_instance)."""
-        image = self.cluster.image
-        names = sorted(files if files is not None else image.files)
-        if order == "reverse":
-            names.reverse()
-        elif isinstance(order, int):
-            random.Random(order).shuffle(names)
-        report = ReadReport(self.index)
-        root = self.root / subdir if subdir else self.root
-        start = time.monotonic()
-        for rel in names:
-            try:
-                h = hashlib.sha256()
-                with open(root / rel, "rb") as f:
-                    while True:
-                        block = f.read(1 << 20)
-                        if not block:
-                            break
-                        h.update(block)
-                        report.bytes += len(block)
-                report.files += 1
-                if h.hexdigest() != image.files[rel]:
-                    report.mismatches.append(rel)
-            except OSError as error:
-                report.errors.append((rel, f"{errno.errorcode.get(error.errno, error.errno)}: {error}"))
-        report.seconds = time.monotonic() - start
+        report = read_tree(self.root / subdir if subdir else self.root, self.cluster.image, self.index, order, files)
         if check:
             assert report.ok, report.summary() + "\n" + self.log()[-3000:]
         return report
+
+    def stock_nydusd(self, config):
+        """Starts a nydusd without p2p in this node's namespace with `config`
+        (a dict: e.g. the Dragonfly guide's config pointing at 127.0.0.1:65001,
+        this node's mirror); returns the StockNydusd once it has mounted."""
+        self.stock_starts += 1
+        return StockNydusd(self, config, self.dir / f"stock-{self.stock_starts}").start()
 
     # the registry link
 

@@ -733,6 +733,7 @@ TEST_CASE("parse_p2p_object: defaults", "[p2p][config]") {
   CHECK(c->store_dir.empty());
   CHECK(c->store_size == 10ull << 30);
   CHECK(c->mirror_listen == "127.0.0.1:65001");
+  CHECK(c->health_listen == "127.0.0.1:40901");
   CHECK(c->unit_size == 1ull << 20);
   CHECK(c->granule_size == 4096);
   CHECK(c->peer_timeout_ms == d.peer_timeout_ms);
@@ -756,7 +757,7 @@ TEST_CASE("parse_p2p_object: every field", "[p2p][config]") {
   const json o = {{"listen", "10.0.0.1:7000"},    {"advertise", "10.0.0.1:7001"},
                   {"peers_dns", "peers.svc:7000"}, {"dns_refresh_ms", 250},
                   {"store_dir", "/var/p2p"},       {"store_size", "2GiB"},
-                  {"mirror_listen", "127.0.0.1:7002"}, {"unit_size", "1MiB"},
+                  {"mirror_listen", "127.0.0.1:7002"}, {"unit_size", "1MiB"}, {"health_listen", ""},
                   {"granule_size", 8192},          {"peer_timeout_ms", 55},
                   {"peer_stall_ms", 777},          {"failure_backoff_ms", 123},
                   {"bad_data_backoff_ms", 4567},   {"max_candidates", 5},
@@ -772,6 +773,7 @@ TEST_CASE("parse_p2p_object: every field", "[p2p][config]") {
   CHECK(c->store_dir == "/var/p2p");
   CHECK(c->store_size == 2ull << 30);
   CHECK(c->mirror_listen == "127.0.0.1:7002");
+  CHECK(c->health_listen.empty());
   CHECK(c->unit_size == 1ull << 20);
   CHECK(c->granule_size == 8192);
   CHECK(c->peer_timeout_ms == 55);
@@ -841,6 +843,7 @@ TEST_CASE("parse_p2p_object: errors name the field", "[p2p][config]") {
       {"peers_dns", json::array({"a:1"})},
       {"store_dir", 1},
       {"mirror_listen", json::object()},
+      {"health_listen", 40901},
       {"peers", "10.0.0.1:65002"},
       {"peers", json::array({1})},
       {"store_size", "big"},

@@ -1,0 +1,61 @@
+// MirrorRelay: a stock client's blob range (nydusd through its mirror,
+// containerd through hosts.toml), served through the P2P path rather than
+// straight from the origin, so a stock client on any node costs the origin
+// no more than one of our own daemons would.
+//
+// The range is produced slice by slice, one placement unit at a time, as
+// the client reads it: bytes this node's piece store holds go out from
+// there; otherwise the unit's owners are asked in rendezvous order (signed
+// requests, as every peer request; an owner fetches what it lacks from the
+// origin once for everybody); when this node is the owner, or every owner
+// failed, the origin through this node's store (single-flight). At most
+// one unit is held in memory.
+//
+// Bytes from peers are not verified here: a stock client's range carries
+// no digest to check (whole blobs are checked against their sha256 by the
+// server, see peer_server.cc); peers are cluster members that signed with
+// the cluster secret.
+//
+// Thread-safety: one client connection; not shared.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "p2p/blob_location.h"
+
+namespace nydus::p2p {
+
+class P2pNode;
+class StoredBlob;
+
+class MirrorRelay {
+ public:
+  // [first, first + length) of `blob` (the store's entry: it knows the size).
+  MirrorRelay(P2pNode& node, BlobLocation loc, std::shared_ptr<StoredBlob> blob, uint64_t first, uint64_t length);
+
+  // Up to `max` bytes at range position `pos` (0 = `first`) into `out`;
+  // the count, or an error (the response is then cut).
+  Result<size_t> read(uint64_t pos, uint8_t* out, size_t max);
+
+ private:
+  // Loads the slice of the range that starts at blob offset `offset` and
+  // ends at the next unit boundary (or the range's end).
+  Status load(uint64_t offset);
+  // Into slice_ from the first owner that answers; false when this node is
+  // the owner or none answered.
+  bool load_from_peers(uint64_t offset, uint64_t end, const std::vector<std::string>& owners);
+
+  P2pNode& node_;
+  const BlobLocation loc_;
+  const std::shared_ptr<StoredBlob> blob_;
+  const uint64_t first_;
+  const uint64_t length_;
+  uint64_t slice_offset_ = 0;  // blob offset of slice_[0]
+  std::vector<uint8_t> slice_;
+};
+
+}  // namespace nydus::p2p
