@@ -136,6 +136,8 @@ constexpr P2pCounter kP2pCounters[] = {
      &p2p::P2pMetrics::refused_bad_signature},
     {"refused_stale", "Peer-port requests refused: timestamp outside the window.", &p2p::P2pMetrics::refused_stale},
     {"refused_replayed", "Peer-port requests refused: signature seen before.", &p2p::P2pMetrics::refused_replayed},
+    {"refused_access", "Mirror requests refused: the origin would not give this client the blob.",
+     &p2p::P2pMetrics::refused_access},
     {"requests_from_peers", "Requests from other nodes.", &p2p::P2pMetrics::requests_from_peers},
     {"requests_from_nydusd", "Requests from stock nydusd (User-Agent).", &p2p::P2pMetrics::requests_from_nydusd},
     {"requests_from_containerd", "Requests from containerd (User-Agent).",

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "p2p/access_check.h"
 #include "p2p/hot_units.h"
 #include "p2p/mirror_relay.h"
 #include "p2p/membership.h"
@@ -266,12 +267,13 @@ struct PeerServer::Impl {
   uint16_t port = 0;
   std::mutex refusals_mu;
   std::set<std::pair<std::string, AuthVerdict>> refusals_logged;  // guarded by refusals_mu
+  AccessCheck access;  // kMirror: may this client read the blob at the origin?
 
   HotUnits hot;
   std::atomic<bool> stopping{false};  // set before MHD_stop_daemon so streams end at once
   const Clock::time_point started = Clock::now();
 
-  Impl(P2pNode& n, Role r) : node(n), role(r), hot(n.config().spread_uploads) {}
+  Impl(P2pNode& n, Role r) : node(n), role(r), access(n.client()), hot(n.config().spread_uploads) {}
 
   static MHD_Result on_access(void* cls, MHD_Connection* conn, const char* url, const char* method,
                               const char*, const char*, size_t* upload_data_size, void** con_cls) noexcept {
@@ -388,6 +390,16 @@ struct PeerServer::Impl {
       return refuse(conn, MHD_HTTP_NOT_FOUND, "no such route");
     }
     BlobLocation loc{*origin, target->repo, target->digest, auth ? auth : ""};
+    if (role == Role::kMirror) {
+      // A stock client gets bytes only of blobs it could read at the origin.
+      if (loc.registry.empty())
+        return refuse(conn, MHD_HTTP_BAD_REQUEST, "no origin named (X-Dragonfly-Registry or ?ns=)");
+      AccessCheck::Verdict v = access.check(loc);
+      if (!v.allowed) {
+        node.metrics().refused_access.fetch_add(1, std::memory_order_relaxed);
+        return refuse(conn, v.status, v.reason);
+      }
+    }
     return serve_blob(conn, loc, head, ctx);
   }
 

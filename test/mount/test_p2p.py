@@ -16,6 +16,7 @@ extra origin bytes.
 Select with `pytest test/mount -k p2p`; the harness's own tests are in
 test_p2p_harness.py.
 """
+import base64
 import concurrent.futures
 import http.server
 import json
@@ -356,10 +357,10 @@ def test_p2p_dns_membership_changes_under_load():
 
 
 def test_p2p_endpoint_serves_ranges_to_curl():
-    """curl, a stock client, with Range and X-Dragonfly-Registry (and with
-    ?ns=) against a node's mirror endpoint (127.0.0.1:65001 in its
-    namespace, no signature) gets exactly the blob's bytes; /server/ping
-    and /healthy answer 200."""
+    """curl, a stock client, with Range and X-Dragonfly-Registry against a
+    node's mirror endpoint (127.0.0.1:65001 in its namespace, no signature)
+    gets exactly the blob's bytes, and with ?ns= (a signed request to the
+    peer port) too; /server/ping and /healthy answer 200."""
     with ph.Cluster(nodes=2) as c:
         a, b = c.start_nodes()
         a.read_all()
@@ -372,8 +373,16 @@ def test_p2p_endpoint_serves_ranges_to_curl():
             assert r.returncode == 0, r.stderr
             assert r.stdout == blob[first:last + 1], (first, last, len(r.stdout))
             assert f"content-range: bytes {first}-{last}/{len(blob)}" in r.stderr.decode().lower()
-        r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-f", "-o", "-", "-r", "4096-8191",
-                            f"{ph.MIRROR_URL}{path}?ns={c.registry_host}"], capture_output=True, timeout=30)
+        # ?ns= names an https origin, which this plain-HTTP registry is not: the
+        # mirror cannot ask it whether the client may read the blob, so 502 and
+        # no byte; a signed peer request (no such check) gets the held bytes.
+        r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "-r", "4096-8191", f"{ph.MIRROR_URL}{path}?ns={c.registry_host}"], capture_output=True,
+                           timeout=30)
+        assert r.stdout == b"502", r
+        r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-f", "-o", "-", "-r", "4096-8191", "-H",
+                            f"{ph.PEER_AUTH_HEADER}: {c.peer_auth('GET', path, 'bytes=4096-8191')}",
+                            f"http://{a.address}{path}?ns={c.registry_host}"], capture_output=True, timeout=30)
         assert r.returncode == 0 and r.stdout == blob[4096:8192], r.stderr
         for ping in ("/server/ping", "/healthy"):
             r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
@@ -430,6 +439,36 @@ def test_p2p_stock_nydusd_reads_through_the_mirror_with_the_guides_config(auth_t
         assert origin - after_a <= 0.02 * c.unique_bytes, (after_a, origin)
         m = b.metrics()["p2p"]
         assert m["requests_from_nydusd"] > 0 and m["upload_bytes"] > 0, m
+
+
+def test_p2p_mirror_serves_a_private_repository_only_to_its_readers():
+    """Issue 12: a private repository (htpasswd registry) that node A has
+    read: through A's mirror, a client without credentials or with wrong
+    ones gets the origin's 401 and no byte of the blob; with the right ones
+    the bytes. The check is a HEAD at the origin with the client's own
+    credentials (p2p/access_check.h), counted as refused_access."""
+    with ph.Cluster(nodes=1, basic_auth=("reader", "s3cret")) as c:
+        (a,) = c.start_nodes()
+        a.read_all()
+        blob = c.image.blob_path.read_bytes()
+        url = f"{ph.MIRROR_URL}/v2/{c.repo}/blobs/sha256:{c.image.digest}"
+        wrong = base64.b64encode(b"reader:not-the-password").decode()
+
+        def get(*extra):
+            r = subprocess.run(["ip", "netns", "exec", a.ns, "curl", "-sS", "-o", "-", "-w", "\n%{http_code}",
+                                "-r", "0-65535", "-H", f"X-Dragonfly-Registry: {c.registry_url}", *extra, url],
+                               capture_output=True, timeout=20)
+            assert r.returncode == 0, r.stderr
+            body, _, code = r.stdout.rpartition(b"\n")
+            return int(code), body
+
+        before = a.metrics()["p2p"]["refused_access"]
+        for extra in ((), ("-H", f"Authorization: Basic {wrong}")):
+            code, body = get(*extra)
+            assert code == 401 and blob[:4096] not in body, (extra, code, body[:200])
+        code, body = get("-H", f"Authorization: Basic {c.auth_b64}")
+        assert code == 206 and body == blob[:65536], (code, len(body))
+        assert a.metrics()["p2p"]["refused_access"] - before == 2
 
 
 def test_p2p_peer_port_answers_signed_requests_only():
