@@ -14,16 +14,46 @@ constexpr auto kOriginDeadline = std::chrono::seconds(120);
 }  // namespace
 
 MirrorRelay::MirrorRelay(P2pNode& node, BlobLocation loc, std::shared_ptr<StoredBlob> blob, uint64_t first,
-                         uint64_t length)
-    : node_(node), loc_(std::move(loc)), blob_(std::move(blob)), first_(first), length_(length) {}
+                         uint64_t length, bool verify_whole)
+    : node_(node), loc_(std::move(loc)), blob_(std::move(blob)), first_(first), length_(length) {
+  if (verify_whole) hasher_ = std::make_unique<Hasher>(bootstrap::Digester::kSha256);
+}
+
+MirrorRelay::~MirrorRelay() = default;
 
 Result<size_t> MirrorRelay::read(uint64_t pos, uint8_t* out, size_t max) {
   if (pos >= length_) return size_t{0};
   const uint64_t offset = first_ + pos;
   if (offset < slice_offset_ || offset >= slice_offset_ + slice_.size()) NYDUS_TRY(load(offset));
   const uint64_t n = std::min<uint64_t>(max, slice_offset_ + slice_.size() - offset);
-  std::memcpy(out, slice_.data() + (offset - slice_offset_), n);
+  const uint8_t* bytes = slice_.data() + (offset - slice_offset_);
+  if (hasher_) {
+    if (pos != hashed_) return Status::invalid("mirror: a verified blob must be read in order");
+    hasher_->update({bytes, n});
+    hashed_ += n;
+    if (hashed_ == length_ && to_hex(hasher_->finish()) != loc_.digest) {
+      node_.metrics().verify_failures.fetch_add(1, std::memory_order_relaxed);
+      blame();
+      return Status::corrupt("blob " + loc_.digest.substr(0, 12) + ": the whole blob's sha256 does not match its "
+                             "digest; response cut before its last bytes so the client retries");
+    }
+  }
+  std::memcpy(out, bytes, n);
   return static_cast<size_t>(n);
+}
+
+void MirrorRelay::blame() {
+  if (!peer_sources_.empty()) {
+    for (const std::string& peer : peer_sources_) {
+      LOG_WARN("p2p: blob %s sent whole to a mirror client failed its sha256; demoting peer %s, which sent part "
+               "of it", loc_.digest.substr(0, 12).c_str(), peer.c_str());
+      node_.membership().report_failure(peer, true);
+    }
+    return;
+  }
+  LOG_WARN("p2p: blob %s sent whole to a mirror client from this node's store failed its sha256; dropping those "
+           "ranges from the store", loc_.digest.substr(0, 12).c_str());
+  for (const auto& [begin, end] : store_ranges_) blob_->invalidate(begin, end - begin);
 }
 
 Status MirrorRelay::load(uint64_t offset) {
@@ -35,10 +65,12 @@ Status MirrorRelay::load(uint64_t offset) {
   P2pMetrics& m = node_.metrics();
   if (blob_->is_ready(offset, end - offset)) {
     m.store_hits.fetch_add(1, std::memory_order_relaxed);
+    store_ranges_.emplace_back(offset, end);
     return blob_->read(offset, slice_);
   }
   if (load_from_peers(offset, end, node_.owners(loc_.digest, unit, node_.config().max_candidates)))
     return Status::Ok();
+  store_ranges_.emplace_back(offset, end);
   // This node owns the unit, or no owner answered: the origin, once, through the store.
   m.fallbacks_to_origin.fetch_add(1, std::memory_order_relaxed);
   NYDUS_TRY(node_.ensure_from_origin(*blob_, loc_, offset, end - offset,
@@ -53,6 +85,7 @@ bool MirrorRelay::load_from_peers(uint64_t offset, uint64_t end, const std::vect
     if (peer == node_.self()) return false;  // ours to fetch
     m.peer_requests.fetch_add(1, std::memory_order_relaxed);
     std::string holder;
+    std::string source = peer;
     Status s = node_.client().fetch_range(peer, loc_, size, offset, slice_, {}, &holder);
     if (!holder.empty()) {
       // A hot unit: the owner named a node that downloaded it; back to the
@@ -61,11 +94,14 @@ bool MirrorRelay::load_from_peers(uint64_t offset, uint64_t end, const std::vect
       if (node_.membership().usable(holder)) {
         m.redirects_followed.fetch_add(1, std::memory_order_relaxed);
         s = node_.client().fetch_range(holder, loc_, size, offset, slice_, {.held_only = true});
+        if (s.ok()) source = holder;
       }
       if (!s.ok()) s = node_.client().fetch_range(peer, loc_, size, offset, slice_, {.no_redirect = true});
     }
     if (s.ok()) {
       node_.membership().report_success(peer);
+      if (std::find(peer_sources_.begin(), peer_sources_.end(), source) == peer_sources_.end())
+        peer_sources_.push_back(source);
       return true;
     }
     m.peer_failures.fetch_add(1, std::memory_order_relaxed);

@@ -11,10 +11,13 @@
 // failed, the origin through this node's store (single-flight). At most
 // one unit is held in memory.
 //
-// Bytes from peers are not verified here: a stock client's range carries
-// no digest to check (whole blobs are checked against their sha256 by the
-// server, see peer_server.cc); peers are cluster members that signed with
-// the cluster secret.
+// A range carries no digest to check, so bytes from peers are not verified
+// here (peers are cluster members that signed with the cluster secret). A
+// whole blob is: with verify_whole, every byte is hashed on the way out and
+// the last slice is sent only if the sha256 is the blob's digest. On a
+// mismatch read() fails (the client sees a cut response and retries), the
+// peers that sent slices are demoted for bad data, and when none did, the
+// ranges this node's store supplied are dropped from it.
 //
 // Thread-safety: one client connection; not shared.
 #pragma once
@@ -25,6 +28,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/digest.h"
 #include "p2p/blob_location.h"
 
 namespace nydus::p2p {
@@ -35,7 +39,9 @@ class StoredBlob;
 class MirrorRelay {
  public:
   // [first, first + length) of `blob` (the store's entry: it knows the size).
-  MirrorRelay(P2pNode& node, BlobLocation loc, std::shared_ptr<StoredBlob> blob, uint64_t first, uint64_t length);
+  MirrorRelay(P2pNode& node, BlobLocation loc, std::shared_ptr<StoredBlob> blob, uint64_t first, uint64_t length,
+              bool verify_whole = false);
+  ~MirrorRelay();
 
   // Up to `max` bytes at range position `pos` (0 = `first`) into `out`;
   // the count, or an error (the response is then cut).
@@ -48,6 +54,8 @@ class MirrorRelay {
   // Into slice_ from the first owner that answers; false when this node is
   // the owner or none answered.
   bool load_from_peers(uint64_t offset, uint64_t end, const std::vector<std::string>& owners);
+  // The whole blob went out but its sha256 is wrong: demote, drop.
+  void blame();
 
   P2pNode& node_;
   const BlobLocation loc_;
@@ -56,6 +64,10 @@ class MirrorRelay {
   const uint64_t length_;
   uint64_t slice_offset_ = 0;  // blob offset of slice_[0]
   std::vector<uint8_t> slice_;
+  std::unique_ptr<Hasher> hasher_;          // verify_whole only
+  uint64_t hashed_ = 0;                     // bytes hashed so far (read() is sequential)
+  std::vector<std::string> peer_sources_;   // peers that supplied slices
+  std::vector<std::pair<uint64_t, uint64_t>> store_ranges_;  // [offset, end) supplied by this node's store
 };
 
 }  // namespace nydus::p2p

@@ -18,6 +18,7 @@ test_p2p_harness.py.
 """
 import base64
 import concurrent.futures
+import hashlib
 import http.server
 import json
 import subprocess
@@ -297,6 +298,34 @@ def test_p2p_byzantine_peer(corrupt):
         assert byz.served_bytes() > 0, "the byzantine peer was never asked"
         assert_origin_within(c, 0, FAULT_FACTOR, f"byzantine peer ({corrupt})")
         assert_fault_logged(c.nodes, byz.address, "byzantine peer", started)
+
+
+def test_p2p_mirror_cuts_a_whole_blob_that_fails_its_digest():
+    """Issue 12: a stock client (curl) pulls a whole blob (no Range) through
+    a node's mirror while a byzantine peer owns some of its units. The blob
+    is hashed on the way out and its last bytes are withheld on a mismatch:
+    the first pull is cut short (curl fails, never a complete wrong blob),
+    the peer is demoted, and the retry is the right blob."""
+    with ph.Cluster(nodes=1) as c:
+        byz = c.byzantine_peer(corrupt="flip")
+        (a,) = c.start_nodes()
+        blob = c.image.blob_path.read_bytes()
+        url = f"{ph.MIRROR_URL}/v2/{c.repo}/blobs/sha256:{c.image.digest}"
+        started = time.time()
+
+        def pull():
+            return subprocess.run(["ip", "netns", "exec", a.ns, "curl", "-sS", "-o", "-", "-H",
+                                   f"X-Dragonfly-Registry: {c.registry_url}", url], capture_output=True, timeout=60)
+
+        first = pull()
+        assert byz.served_bytes() > 0, "the byzantine peer was never asked"
+        assert first.returncode != 0, "a wrong blob was handed out whole"
+        assert len(first.stdout) < len(blob), len(first.stdout)
+        assert a.metrics()["p2p"]["verify_failures"] >= 1
+        assert_fault_logged([a], byz.address, "byzantine peer, whole blob", started)
+        second = pull()
+        assert second.returncode == 0, second.stderr
+        assert hashlib.sha256(second.stdout).hexdigest() == c.image.digest
 
 
 def test_p2p_stalling_peer():
