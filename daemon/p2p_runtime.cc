@@ -138,6 +138,8 @@ constexpr P2pCounter kP2pCounters[] = {
     {"refused_replayed", "Peer-port requests refused: signature seen before.", &p2p::P2pMetrics::refused_replayed},
     {"refused_access", "Mirror requests refused: the origin would not give this client the blob.",
      &p2p::P2pMetrics::refused_access},
+    {"refused_busy", "Data requests refused with 503: max_uploads responses in flight.",
+     &p2p::P2pMetrics::refused_busy},
     {"requests_from_peers", "Requests from other nodes.", &p2p::P2pMetrics::requests_from_peers},
     {"requests_from_nydusd", "Requests from stock nydusd (User-Agent).", &p2p::P2pMetrics::requests_from_nydusd},
     {"requests_from_containerd", "Requests from containerd (User-Agent).",

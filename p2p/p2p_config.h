@@ -43,6 +43,13 @@ struct P2pConfig {
   uint32_t max_candidates = 3;      // peers asked for one unit before going to the origin
   uint32_t spread_uploads = 4;      // concurrent uploads of one unit before askers go to holders (0 = never)
   uint32_t upload_connections = 256;  // peer-server connection limit
+  // Fair sharing (p2p/rate_limiter.h), for the peer port and the mirror
+  // together: bytes per second in all and to any one client address
+  // (0 = unlimited), and data responses in flight at once (0 = no cap;
+  // beyond it 503, and a peer asks the next owner).
+  uint64_t upload_rate = 0;
+  uint64_t upload_rate_per_peer = 0;
+  uint32_t max_uploads = 0;
 };
 
 }  // namespace nydus::p2p

@@ -45,7 +45,8 @@ class P2pMetrics {
   std::atomic<uint64_t> refused_bad_signature{0};  // malformed or wrong signature
   std::atomic<uint64_t> refused_stale{0};
   std::atomic<uint64_t> refused_replayed{0};
-  std::atomic<uint64_t> refused_access{0};  // mirror clients the origin would not serve the blob
+  std::atomic<uint64_t> refused_access{0};
+  std::atomic<uint64_t> refused_busy{0};    // data requests past max_uploads (503)  // mirror clients the origin would not serve the blob
   // Requests by client kind (both endpoints).
   std::atomic<uint64_t> requests_from_peers{0};
   std::atomic<uint64_t> requests_from_nydusd{0};

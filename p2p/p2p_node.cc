@@ -63,7 +63,8 @@ namespace {
 constexpr size_t kFetchWorkers = 32;
 }
 
-P2pNode::P2pNode(P2pConfig config) : config_(std::move(config)) {}
+P2pNode::P2pNode(P2pConfig config)
+    : config_(std::move(config)), upload_limits_(config_.upload_rate, config_.upload_rate_per_peer) {}
 
 P2pNode::~P2pNode() {
   health_.reset();

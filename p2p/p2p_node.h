@@ -11,6 +11,7 @@
 // Thread-safety: every method may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -24,6 +25,7 @@
 #include "p2p/p2p_metrics.h"
 #include "p2p/peer_auth.h"
 #include "p2p/peer_client.h"
+#include "p2p/rate_limiter.h"
 #include "p2p/piece_store.h"
 
 namespace nydus::p2p {
@@ -43,6 +45,10 @@ class P2pNode {
   P2pMetrics& metrics() { return metrics_; }
   // The peer-request signer and checker; null without p2p.secret_file.
   PeerAuth* auth() { return auth_.get(); }
+  // Upload pacing and the count of data responses in flight, shared by the
+  // peer port and the mirror (p2p.upload_rate*, p2p.max_uploads).
+  UploadLimits& upload_limits() { return upload_limits_; }
+  std::atomic<uint32_t>& uploads_in_flight() { return uploads_in_flight_; }
   const std::string& self() const { return membership_->self(); }
 
   // The usable members in rendezvous order for unit `unit` of `digest`,
@@ -78,6 +84,8 @@ class P2pNode {
 
   const P2pConfig config_;
   P2pMetrics metrics_;
+  UploadLimits upload_limits_;
+  std::atomic<uint32_t> uploads_in_flight_{0};
   std::unique_ptr<PeerAuth> auth_;
   std::unique_ptr<PieceStore> store_;
   std::unique_ptr<Membership> membership_;

@@ -21,6 +21,7 @@
 #include "p2p/membership.h"
 #include "p2p/p2p_node.h"
 #include "p2p/peer_auth.h"
+#include "p2p/rate_limiter.h"
 
 namespace nydus::p2p {
 namespace {
@@ -41,6 +42,7 @@ constexpr const char* kNoRedirectHeader = "X-Nydus-No-Redirect";
 
 // Per request: the upload HotUnits tracks, if any.
 struct RequestContext {
+  bool counted_upload = false;  // holds one of max_uploads until the request ends
   bool tracked = false;
   std::string digest;
   uint64_t unit = 0;
@@ -116,7 +118,17 @@ struct FetchState {
   }
 };
 
+// Pacing of a response's bytes (UploadLimits, keyed by client address).
+struct Pacing {
+  UploadLimits* limits = nullptr;  // null: unlimited
+  std::string client;
+  bool take(uint64_t n) const {
+    return !limits || limits->take(client, n, Clock::now() + std::chrono::seconds(60));
+  }
+};
+
 struct Stream {
+  Pacing pacing;
   const std::atomic<bool>* stopping = nullptr;  // the server is shutting down: end the stream
   std::shared_ptr<StoredBlob> blob;
   uint64_t first = 0;
@@ -145,7 +157,7 @@ ssize_t stream_block(void* cls, uint64_t pos, char* buf, size_t max) {
     auto ready = st->blob->wait_ready(offset, want, std::min(give_up, Clock::now() + milliseconds(50)));
     if (ready.ok()) {
       const ssize_t n = pread(st->blob->data_fd(), buf, *ready, static_cast<off_t>(offset));
-      if (n <= 0) break;
+      if (n <= 0 || !st->pacing.take(static_cast<uint64_t>(n))) break;
       st->metrics->upload_bytes.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
       if (st->upload) st->upload->bytes.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
       return n;
@@ -170,6 +182,7 @@ void free_stream(void* cls) { delete static_cast<Stream*>(cls); }
 
 // A mirror client's range through the P2P path (p2p/mirror_relay.h).
 struct RelayStream {
+  Pacing pacing;
   std::unique_ptr<MirrorRelay> relay;
   P2pMetrics* metrics = nullptr;
   PeerUpload* upload = nullptr;
@@ -184,6 +197,7 @@ ssize_t relay_block(void* cls, uint64_t pos, char* buf, size_t max) {
     return MHD_CONTENT_READER_END_WITH_ERROR;
   }
   if (*n == 0) return MHD_CONTENT_READER_END_OF_STREAM;
+  if (!st->pacing.take(*n)) return MHD_CONTENT_READER_END_WITH_ERROR;
   st->metrics->upload_bytes.fetch_add(*n, std::memory_order_relaxed);
   st->upload->bytes.fetch_add(*n, std::memory_order_relaxed);
   return static_cast<ssize_t>(*n);
@@ -268,12 +282,42 @@ struct PeerServer::Impl {
   std::mutex refusals_mu;
   std::set<std::pair<std::string, AuthVerdict>> refusals_logged;  // guarded by refusals_mu
   AccessCheck access;  // kMirror: may this client read the blob at the origin?
+  UploadLimits& limits;           // shared by the node's endpoints
+  std::atomic<uint32_t>& uploads;  // data responses in flight, all endpoints
 
   HotUnits hot;
   std::atomic<bool> stopping{false};  // set before MHD_stop_daemon so streams end at once
   const Clock::time_point started = Clock::now();
 
-  Impl(P2pNode& n, Role r) : node(n), role(r), access(n.client()), hot(n.config().spread_uploads) {}
+  Impl(P2pNode& n, Role r)
+      : node(n), role(r), access(n.client()), limits(n.upload_limits()), uploads(n.uploads_in_flight()),
+        hot(n.config().spread_uploads) {}
+
+  Pacing pacing_for(MHD_Connection* conn) {
+    return Pacing{limits.limited() ? &limits : nullptr, limits.limited() ? client_address(conn) : std::string()};
+  }
+
+  // max_uploads: true (and one slot held until the request ends) when a
+  // data response may start.
+  bool claim_upload(RequestContext& ctx) {
+    const uint32_t cap = node.config().max_uploads;
+    if (cap == 0 || ctx.counted_upload) return true;
+    if (uploads.fetch_add(1) >= cap) {
+      uploads.fetch_sub(1);
+      return false;
+    }
+    ctx.counted_upload = true;
+    return true;
+  }
+  MHD_Result busy(MHD_Connection* conn) {
+    node.metrics().refused_busy.fetch_add(1, std::memory_order_relaxed);
+    MHD_Response* r = MHD_create_response_from_buffer(5, const_cast<char*>("busy\n"), MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_SERVICE_UNAVAILABLE, r);
+    MHD_destroy_response(r);
+    return ret;
+  }
 
   static MHD_Result on_access(void* cls, MHD_Connection* conn, const char* url, const char* method,
                               const char*, const char*, size_t* upload_data_size, void** con_cls) noexcept {
@@ -301,6 +345,7 @@ struct PeerServer::Impl {
     auto* ctx = static_cast<RequestContext*>(*con_cls);
     *con_cls = nullptr;
     if (!ctx) return;
+    if (ctx->counted_upload) static_cast<Impl*>(cls)->uploads.fetch_sub(1);
     if (ctx->tracked)
       static_cast<Impl*>(cls)->hot.end(ctx->digest, ctx->unit,
                                        toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? ctx->asker : std::string());
@@ -433,7 +478,7 @@ struct PeerServer::Impl {
     if (!known && !head && !loc.registry.empty())
       if (const char* h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kSizeHintHeader); h && parse_dec(h, &hint) &&
           hint > 0)
-        return serve_unknown_blob(conn, loc, hint);
+        return claim_upload(ctx) ? serve_unknown_blob(conn, loc, hint) : busy(conn);
     long origin_status = 0;
     auto blob = known ? Result<std::shared_ptr<StoredBlob>>(known)
                       : node.stored_blob(loc.digest, [&]() -> Result<uint64_t> {
@@ -478,6 +523,7 @@ struct PeerServer::Impl {
       ranged = true;
     }
     const uint64_t length = size == 0 ? 0 : span.last - span.first + 1;
+    if (!claim_upload(ctx)) return busy(conn);
     P2pMetrics& m = node.metrics();
     m.upload_requests.fetch_add(1, std::memory_order_relaxed);
     PeerUpload& upload = m.upload(client_address(conn));
@@ -485,9 +531,10 @@ struct PeerServer::Impl {
 
     MHD_Response* r = nullptr;
     // A whole blob for a stock client goes through the relay even when held
-    // here: it is checked against its sha256 on the way out.
+    // here: it is checked against its sha256 on the way out. Paced uploads
+    // cannot use sendfile (the kernel would send at its own speed).
     const bool verify_whole = role == Role::kMirror && !ranged && length > 0;
-    if (!verify_whole && (*blob)->is_ready(span.first, length)) {
+    if (!verify_whole && !limits.limited() && (*blob)->is_ready(span.first, length)) {
       m.owner_hits.fetch_add(1, std::memory_order_relaxed);
       const int fd = dup((*blob)->data_fd());
       if (fd < 0) return refuse(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot dup the piece file");
@@ -501,6 +548,7 @@ struct PeerServer::Impl {
     } else if (role == Role::kMirror) {
       if (loc.registry.empty()) return refuse(conn, MHD_HTTP_NOT_FOUND, "range not held here and no origin named");
       auto relay = std::make_unique<RelayStream>();
+      relay->pacing = pacing_for(conn);
       relay->relay = std::make_unique<MirrorRelay>(node, loc, *blob, span.first, length, verify_whole);
       relay->metrics = &m;
       relay->upload = &upload;
@@ -511,6 +559,7 @@ struct PeerServer::Impl {
       if (loc.registry.empty() && !held_only)
         return refuse(conn, MHD_HTTP_NOT_FOUND, "range not held here and no origin named");
       auto stream = std::make_unique<Stream>();
+      stream->pacing = pacing_for(conn);
       stream->blob = *blob;
       stream->stopping = &stopping;
       stream->first = span.first;
@@ -519,8 +568,11 @@ struct PeerServer::Impl {
       stream->upload = &upload;
       // Held-only and being fetched here (checked above): follow that fetch,
       // no fetch of our own (Stream.fetch stays null: the stream ends with an
-      // error if that fetch fails); neither an owner hit nor a miss.
-      if (!held_only) {
+      // error if that fetch fails); neither an owner hit nor a miss. Held
+      // whole (a paced upload): an owner hit, no fetch either.
+      if ((*blob)->is_ready(span.first, length)) {
+        m.owner_hits.fetch_add(1, std::memory_order_relaxed);
+      } else if (!held_only) {
         m.owner_misses.fetch_add(1, std::memory_order_relaxed);
         stream->fetch = std::make_shared<FetchState>();
         start_fetch(*blob, loc, span.first, length, stream->fetch);
@@ -626,6 +678,7 @@ struct PeerServer::Impl {
     PeerUpload& upload = m.upload(client_address(conn));
     upload.requests.fetch_add(1, std::memory_order_relaxed);
     auto stream = std::make_unique<Stream>();
+    stream->pacing = pacing_for(conn);
     stream->stopping = &stopping;
     stream->first = span->first;
     stream->length = length;

@@ -328,6 +328,56 @@ def test_p2p_mirror_cuts_a_whole_blob_that_fails_its_digest():
         assert hashlib.sha256(second.stdout).hexdigest() == c.image.digest
 
 
+@pytest.mark.once
+def test_p2p_upload_rate_limits_hold():
+    """Issue 12, fair sharing: upload_rate 2.4 MiB/s in all and
+    upload_rate_per_peer 1.5 MiB/s. One client alone pulls the whole blob
+    at the per-client rate; then two clients (two addresses) at once get
+    half the total each. Every pull lasts more than 10 s and its rate is
+    within 10 % of the limit that binds it. max_uploads 2: a third request
+    while those two run gets 503 at once, counted as refused_busy."""
+    per_peer, total = 1.5 * 2**20, 2.4 * 2**20
+    with ph.Cluster(nodes=3) as c:
+        a, b, d = c.nodes
+        a.p2p_extra.update({"peers": [a.address], "upload_rate": int(total), "upload_rate_per_peer": int(per_peer),
+                            "max_uploads": 2})
+        c.start_nodes([a])
+        a.read_all()  # the only member: it owns and holds every unit
+        path = f"/v2/{c.repo}/blobs/sha256:{c.image.digest}"
+        size = c.image.blob_path.stat().st_size
+
+        def pull(ns):
+            rng = f"bytes=0-{size - 1}"
+            r = subprocess.run(["ip", "netns", "exec", ns, "curl", "-sS", "-f", "-o", "/dev/null", "-w",
+                                "%{size_download} %{time_total}", "-H", f"Range: {rng}", "-H",
+                                f"X-Dragonfly-Registry: {c.registry_url}", "-H",
+                                f"{ph.PEER_AUTH_HEADER}: {c.peer_auth('GET', path, rng)}", f"http://{a.address}{path}"],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            got, seconds = r.stdout.split()
+            assert int(got) == size
+            return size / float(seconds), float(seconds)
+
+        alone, seconds = pull(b.ns)
+        print(f"one client: {alone / 2**20:.3f} MiB/s over {seconds:.1f} s (limit {per_peer / 2**20} per client)")
+        assert seconds > 10 and abs(alone / per_peer - 1) <= 0.10, (alone, seconds)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            pulls = [pool.submit(pull, ns) for ns in (b.ns, d.ns)]
+            time.sleep(2)
+            busy_before = a.metrics()["p2p"]["refused_busy"]
+            r = subprocess.run(["ip", "netns", "exec", a.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                "-H", "Range: bytes=0-4095", "-H", f"X-Dragonfly-Registry: {c.registry_url}", "-H",
+                                f"{ph.PEER_AUTH_HEADER}: {c.peer_auth('GET', path, 'bytes=0-4095')}",
+                                f"http://{a.address}{path}"], capture_output=True, text=True, timeout=10)
+            assert r.stdout == "503", r
+            assert a.metrics()["p2p"]["refused_busy"] == busy_before + 1
+            both = [f.result() for f in pulls]
+        print("two clients: " + ", ".join(f"{r / 2**20:.3f} MiB/s over {t:.1f} s" for r, t in both) +
+              f" (limit {total / 2**20} in all)")
+        for rate, seconds in both:
+            assert seconds > 10 and abs(rate / (total / 2) - 1) <= 0.10, both
+
+
 def test_p2p_stalling_peer():
     """A peer in every peers list accepts connections and never answers:
     reads cost one short deadline per attempt, never fail; <= 10 % extra."""

@@ -26,6 +26,7 @@
 #include "p2p/membership.h"
 #include "p2p/peer_client.h"
 #include "p2p/peer_server.h"
+#include "p2p/rate_limiter.h"
 #include "p2p/rendezvous.h"
 #include "test/test_util.h"
 
@@ -762,7 +763,9 @@ TEST_CASE("parse_p2p_object: every field", "[p2p][config]") {
                   {"peer_stall_ms", 777},          {"failure_backoff_ms", 123},
                   {"bad_data_backoff_ms", 4567},   {"max_candidates", 5},
                   {"upload_connections", 99},      {"spread_uploads", 0},
-                  {"secret_file", "/run/secrets/p2p"}, {"auth_window_s", 10}};
+                  {"secret_file", "/run/secrets/p2p"}, {"auth_window_s", 10},
+                  {"upload_rate", "100MiB"},       {"upload_rate_per_peer", 1048576},
+                  {"max_uploads", 64}};
   auto c = nydus::daemon::parse_p2p_object(o);
   REQUIRE(c.ok());
   CHECK(c->listen == "10.0.0.1:7000");
@@ -786,6 +789,9 @@ TEST_CASE("parse_p2p_object: every field", "[p2p][config]") {
   CHECK(c->secret_file == "/run/secrets/p2p");
   CHECK(c->auth_window_s == 10);
   CHECK_FALSE(c->insecure);
+  CHECK(c->upload_rate == 100ull << 20);
+  CHECK(c->upload_rate_per_peer == 1ull << 20);
+  CHECK(c->max_uploads == 64);
 
   auto p = nydus::daemon::parse_p2p_object(json{{"peers", {"10.0.0.1:1", "[fd00::1]:2"}}, {"insecure", true}});
   REQUIRE(p.ok());
@@ -875,6 +881,9 @@ TEST_CASE("parse_p2p_object: errors name the field", "[p2p][config]") {
       {"secret_file", true},
       {"auth_window_s", 0},
       {"auth_window_s", 3601},
+      {"upload_rate", "fast"},
+      {"upload_rate_per_peer", -1},
+      {"max_uploads", 65537},
   };
   for (const auto& tc : cases) {
     json o = base;
@@ -1128,4 +1137,21 @@ TEST_CASE("parse_config: a bad p2p field fails the whole config, naming it", "[p
   auto not_object = parse_config(R"({"mode": "direct", "device": {"backend": {"type": "localfs", "config": {"dir": "/x"}}}, "p2p": 5})");
   REQUIRE_FALSE(not_object.ok());
   CHECK(not_object.status().message().find("p2p") != std::string::npos);
+}
+
+TEST_CASE("RateLimiter: paces, and refuses a wait past the deadline at once", "[p2p][rate]") {
+  using Clock = std::chrono::steady_clock;
+  nydus::p2p::RateLimiter unlimited(0);
+  CHECK(unlimited.take(1ull << 40, Clock::now()));
+  nydus::p2p::RateLimiter limiter(1000);  // bytes per second
+  CHECK(limiter.take(1000, Clock::now() + std::chrono::seconds(1)));  // goes now; the link is busy 1 s
+  const auto t0 = Clock::now();
+  CHECK_FALSE(limiter.take(10, t0 + std::chrono::milliseconds(100)));  // would start in ~1 s
+  CHECK(Clock::now() - t0 < std::chrono::milliseconds(50));            // ... so no waiting
+  nydus::p2p::UploadLimits limits(0, 1000);
+  CHECK(limits.limited());
+  CHECK(limits.take("10.0.0.1", 1000, Clock::now()));
+  CHECK(limits.take("10.0.0.2", 1000, Clock::now()));  // another client, its own budget
+  CHECK_FALSE(limits.take("10.0.0.1", 10, Clock::now() + std::chrono::milliseconds(100)));
+  CHECK_FALSE(nydus::p2p::UploadLimits(0, 0).limited());
 }
