@@ -2,6 +2,14 @@
 
 namespace nydus::backend {
 
+namespace {
+thread_local bool t_reading_ahead = false;
+}
+
+bool reading_ahead() { return t_reading_ahead; }
+PrefetchScope::PrefetchScope() : outer_(t_reading_ahead) { t_reading_ahead = true; }
+PrefetchScope::~PrefetchScope() { t_reading_ahead = outer_; }
+
 Status BlobReader::read_exact(uint64_t offset, std::span<uint8_t> dst) {
   size_t done = 0;
   while (done < dst.size()) {

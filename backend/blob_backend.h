@@ -17,6 +17,22 @@
 
 namespace nydus::backend {
 
+// Why this thread reads now: a reader is waiting (on demand) or the bytes
+// are wanted ahead of use (prefetch). Readers that share a link with other
+// nodes (P2P) pass it on, so that an owner serves on-demand reads first.
+// The prefetch path marks its reads with a PrefetchScope on its thread.
+bool reading_ahead();
+class PrefetchScope {
+ public:
+  PrefetchScope();
+  ~PrefetchScope();
+  PrefetchScope(const PrefetchScope&) = delete;
+  PrefetchScope& operator=(const PrefetchScope&) = delete;
+
+ private:
+  bool outer_;
+};
+
 class BlobReader {
  public:
   virtual ~BlobReader() = default;

@@ -766,7 +766,10 @@ Status ChunkReader::ensure_cached(std::span<const ChunkRef> chunks, uint64_t mer
     std::vector<ChunkRef> group{*chunk};
     std::vector<std::shared_ptr<Flight>> flights{flight};
     const size_t consumed = merge_bytes > 0 ? extend_group(group, flights, chunks.subspan(i + 1), *cache, merge_bytes) : 0;
-    fetch_group(group, flights);
+    {
+      PrefetchScope ahead;
+      fetch_group(group, flights);
+    }
     metrics_->prefetch_requests.fetch_add(1, std::memory_order_relaxed);
     for (size_t k = 0; k < group.size(); ++k) {
       std::lock_guard<std::mutex> lock(flights[k]->mu);

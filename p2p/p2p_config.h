@@ -46,7 +46,8 @@ struct P2pConfig {
   // Fair sharing (p2p/rate_limiter.h), for the peer port and the mirror
   // together: bytes per second in all and to any one client address
   // (0 = unlimited), and data responses in flight at once (0 = no cap;
-  // beyond it 503, and a peer asks the next owner).
+  // beyond it 503, and a peer asks the next owner; on-demand requests are
+  // refused only when on-demand ones alone fill it).
   uint64_t upload_rate = 0;
   uint64_t upload_rate_per_peer = 0;
   uint32_t max_uploads = 0;

@@ -64,7 +64,9 @@ constexpr size_t kFetchWorkers = 32;
 }
 
 P2pNode::P2pNode(P2pConfig config)
-    : config_(std::move(config)), upload_limits_(config_.upload_rate, config_.upload_rate_per_peer) {}
+    : config_(std::move(config)),
+      upload_limits_(config_.upload_rate, config_.upload_rate_per_peer),
+      upload_slots_(config_.max_uploads) {}
 
 P2pNode::~P2pNode() {
   health_.reset();

@@ -45,10 +45,10 @@ class P2pNode {
   P2pMetrics& metrics() { return metrics_; }
   // The peer-request signer and checker; null without p2p.secret_file.
   PeerAuth* auth() { return auth_.get(); }
-  // Upload pacing and the count of data responses in flight, shared by the
-  // peer port and the mirror (p2p.upload_rate*, p2p.max_uploads).
+  // Upload pacing and the data responses in flight, shared by the peer
+  // port and the mirror (p2p.upload_rate*, p2p.max_uploads).
   UploadLimits& upload_limits() { return upload_limits_; }
-  std::atomic<uint32_t>& uploads_in_flight() { return uploads_in_flight_; }
+  UploadSlots& upload_slots() { return upload_slots_; }
   const std::string& self() const { return membership_->self(); }
 
   // The usable members in rendezvous order for unit `unit` of `digest`,
@@ -85,7 +85,7 @@ class P2pNode {
   const P2pConfig config_;
   P2pMetrics metrics_;
   UploadLimits upload_limits_;
-  std::atomic<uint32_t> uploads_in_flight_{0};
+  UploadSlots upload_slots_;
   std::unique_ptr<PeerAuth> auth_;
   std::unique_ptr<PieceStore> store_;
   std::unique_ptr<Membership> membership_;

@@ -79,6 +79,8 @@ Status PeerClient::fetch_range(const std::string& peer, const BlobLocation& blob
   if (ask.held_only) req.headers.push_back("X-Nydus-Held-Only: 1");
   if (ask.no_redirect) req.headers.push_back("X-Nydus-No-Redirect: 1");
   if (!self_.empty()) req.headers.push_back("X-Nydus-Peer: " + self_);
+  // Prefetch: the owner may serve on-demand askers first (p2p/rate_limiter.h).
+  if (backend::reading_ahead()) req.headers.push_back(std::string(kLowPriorityHeader) + ": low");
   sign(req, blob, range_value(offset, dst.size()));
   req.sink = dst;
   NYDUS_ASSIGN(const backend::HttpResponse res, peers_.perform(req));

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/blob_backend.h"
 #include "backend/http_client.h"
 #include "common/status.h"
 #include "p2p/blob_location.h"
@@ -31,6 +32,9 @@
 #include "p2p/piece_store.h"
 
 namespace nydus::p2p {
+
+// Sent with a range request made ahead of use (prefetch): "low".
+inline constexpr const char* kLowPriorityHeader = "X-Nydus-Priority";
 
 // How to ask a peer for a range (p2p/hot_units.h, p2p/peer_server.cc).
 struct RangeAsk {

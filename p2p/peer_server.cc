@@ -43,6 +43,7 @@ constexpr const char* kNoRedirectHeader = "X-Nydus-No-Redirect";
 // Per request: the upload HotUnits tracks, if any.
 struct RequestContext {
   bool counted_upload = false;  // holds one of max_uploads until the request ends
+  bool low_priority = false;    // ... counted as a low-priority one
   bool tracked = false;
   std::string digest;
   uint64_t unit = 0;
@@ -122,8 +123,9 @@ struct FetchState {
 struct Pacing {
   UploadLimits* limits = nullptr;  // null: unlimited
   std::string client;
+  bool low_priority = false;  // prefetch, a stock client's whole blob
   bool take(uint64_t n) const {
-    return !limits || limits->take(client, n, Clock::now() + std::chrono::seconds(60));
+    return !limits || limits->take(client, n, Clock::now() + std::chrono::seconds(60), low_priority);
   }
 };
 
@@ -283,30 +285,37 @@ struct PeerServer::Impl {
   std::set<std::pair<std::string, AuthVerdict>> refusals_logged;  // guarded by refusals_mu
   AccessCheck access;  // kMirror: may this client read the blob at the origin?
   UploadLimits& limits;           // shared by the node's endpoints
-  std::atomic<uint32_t>& uploads;  // data responses in flight, all endpoints
+  UploadSlots& slots;              // data responses in flight, all endpoints
 
   HotUnits hot;
   std::atomic<bool> stopping{false};  // set before MHD_stop_daemon so streams end at once
   const Clock::time_point started = Clock::now();
 
   Impl(P2pNode& n, Role r)
-      : node(n), role(r), access(n.client()), limits(n.upload_limits()), uploads(n.uploads_in_flight()),
+      : node(n), role(r), access(n.client()), limits(n.upload_limits()), slots(n.upload_slots()),
         hot(n.config().spread_uploads) {}
 
+  // Low priority: a peer's prefetch (kLowPriorityHeader) or a stock
+  // client's whole-blob pull (no Range on the mirror).
+  bool is_low_priority(MHD_Connection* conn) const {
+    const char* priority = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kLowPriorityHeader);
+    const bool whole = role == Role::kMirror && !MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                                               MHD_HTTP_HEADER_RANGE);
+    return (priority && std::strcmp(priority, "low") == 0) || whole;
+  }
   Pacing pacing_for(MHD_Connection* conn) {
-    return Pacing{limits.limited() ? &limits : nullptr, limits.limited() ? client_address(conn) : std::string()};
+    if (!limits.limited()) return Pacing{};
+    return Pacing{&limits, client_address(conn), is_low_priority(conn)};
   }
 
   // max_uploads: true (and one slot held until the request ends) when a
   // data response may start.
-  bool claim_upload(RequestContext& ctx) {
-    const uint32_t cap = node.config().max_uploads;
-    if (cap == 0 || ctx.counted_upload) return true;
-    if (uploads.fetch_add(1) >= cap) {
-      uploads.fetch_sub(1);
-      return false;
-    }
+  bool claim_upload(MHD_Connection* conn, RequestContext& ctx) {
+    if (ctx.counted_upload) return true;
+    const bool low = is_low_priority(conn);
+    if (!slots.claim(low)) return false;
     ctx.counted_upload = true;
+    ctx.low_priority = low;
     return true;
   }
   MHD_Result busy(MHD_Connection* conn) {
@@ -345,7 +354,7 @@ struct PeerServer::Impl {
     auto* ctx = static_cast<RequestContext*>(*con_cls);
     *con_cls = nullptr;
     if (!ctx) return;
-    if (ctx->counted_upload) static_cast<Impl*>(cls)->uploads.fetch_sub(1);
+    if (ctx->counted_upload) static_cast<Impl*>(cls)->slots.release(ctx->low_priority);
     if (ctx->tracked)
       static_cast<Impl*>(cls)->hot.end(ctx->digest, ctx->unit,
                                        toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? ctx->asker : std::string());
@@ -478,7 +487,7 @@ struct PeerServer::Impl {
     if (!known && !head && !loc.registry.empty())
       if (const char* h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kSizeHintHeader); h && parse_dec(h, &hint) &&
           hint > 0)
-        return claim_upload(ctx) ? serve_unknown_blob(conn, loc, hint) : busy(conn);
+        return claim_upload(conn, ctx) ? serve_unknown_blob(conn, loc, hint) : busy(conn);
     long origin_status = 0;
     auto blob = known ? Result<std::shared_ptr<StoredBlob>>(known)
                       : node.stored_blob(loc.digest, [&]() -> Result<uint64_t> {
@@ -523,7 +532,7 @@ struct PeerServer::Impl {
       ranged = true;
     }
     const uint64_t length = size == 0 ? 0 : span.last - span.first + 1;
-    if (!claim_upload(ctx)) return busy(conn);
+    if (!claim_upload(conn, ctx)) return busy(conn);
     P2pMetrics& m = node.metrics();
     m.upload_requests.fetch_add(1, std::memory_order_relaxed);
     PeerUpload& upload = m.upload(client_address(conn));

@@ -6,23 +6,24 @@ namespace nydus::p2p {
 
 using Clock = std::chrono::steady_clock;
 
-bool RateLimiter::take(uint64_t n, Clock::time_point give_up) {
+bool RateLimiter::take(uint64_t n, Clock::time_point give_up, bool low_priority) {
   if (rate_ == 0 || n == 0) return true;
   const auto cost = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(double(n) / double(rate_)));
   Clock::time_point start;
   {
     std::lock_guard<std::mutex> g(mu_);
     const Clock::time_point now = Clock::now();
-    start = std::max(now, next_free_);
+    start = std::max(now, low_priority ? next_free_ : next_free_demand_);
     if (start > now && start > give_up) return false;  // would have to wait past the deadline
-    next_free_ = start + cost;
+    if (!low_priority) next_free_demand_ = start + cost;
+    next_free_ = std::max(next_free_, start) + cost;
   }
   // The bytes go at `start`; they occupy the link until next_free_.
   std::this_thread::sleep_until(start);
   return true;
 }
 
-bool UploadLimits::take(const std::string& client, uint64_t n, Clock::time_point give_up) {
+bool UploadLimits::take(const std::string& client, uint64_t n, Clock::time_point give_up, bool low_priority) {
   RateLimiter* mine = nullptr;
   if (per_client_rate_ > 0) {
     std::lock_guard<std::mutex> g(mu_);
@@ -30,8 +31,24 @@ bool UploadLimits::take(const std::string& client, uint64_t n, Clock::time_point
     if (!slot) slot = std::make_unique<RateLimiter>(per_client_rate_);
     mine = slot.get();
   }
-  if (mine && !mine->take(n, give_up)) return false;
-  return total_.take(n, give_up);
+  if (mine && !mine->take(n, give_up, low_priority)) return false;
+  return total_.take(n, give_up, low_priority);
+}
+
+bool UploadSlots::claim(bool low_priority) {
+  if (cap_ == 0) return true;
+  std::lock_guard<std::mutex> g(mu_);
+  if ((low_priority ? all_ : demand_) >= cap_) return false;
+  ++all_;
+  if (!low_priority) ++demand_;
+  return true;
+}
+
+void UploadSlots::release(bool low_priority) {
+  if (cap_ == 0) return;
+  std::lock_guard<std::mutex> g(mu_);
+  if (all_ > 0) --all_;
+  if (!low_priority && demand_ > 0) --demand_;
 }
 
 }  // namespace nydus::p2p

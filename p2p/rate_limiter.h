@@ -6,6 +6,12 @@
 // stream block, 256 KiB, per call). An idle stretch is not saved up.
 // rate 0 means unlimited: take() returns at once.
 //
+// Two classes: on-demand bytes (a reader waits for them) queue only behind
+// other on-demand bytes; low-priority bytes (prefetch, a stock client's
+// whole-blob pull) go after everything reserved so far, and every on-demand
+// reservation pushes them further back. The total can overshoot the rate
+// by the low-priority blocks already under way (one block per stream).
+//
 // UploadLimits: one total limiter and one per client address, created on
 // first use; a send waits for both.
 //
@@ -26,13 +32,14 @@ class RateLimiter {
   explicit RateLimiter(uint64_t bytes_per_second) : rate_(bytes_per_second) {}
   // Blocks until `n` more bytes may be sent; false (without waiting the
   // whole time) when that moment lies past `give_up`.
-  bool take(uint64_t n, std::chrono::steady_clock::time_point give_up);
+  bool take(uint64_t n, std::chrono::steady_clock::time_point give_up, bool low_priority = false);
   uint64_t rate() const { return rate_; }
 
  private:
   const uint64_t rate_;
   std::mutex mu_;
-  std::chrono::steady_clock::time_point next_free_{};  // guarded by mu_
+  std::chrono::steady_clock::time_point next_free_{};         // guarded by mu_: after all reservations
+  std::chrono::steady_clock::time_point next_free_demand_{};  // guarded by mu_: after on-demand ones
 };
 
 class UploadLimits {
@@ -40,13 +47,32 @@ class UploadLimits {
   UploadLimits(uint64_t total_rate, uint64_t per_client_rate) : total_(total_rate), per_client_rate_(per_client_rate) {}
   bool limited() const { return total_.rate() > 0 || per_client_rate_ > 0; }
   // Waits until `n` bytes to `client` may go, under both limits.
-  bool take(const std::string& client, uint64_t n, std::chrono::steady_clock::time_point give_up);
+  bool take(const std::string& client, uint64_t n, std::chrono::steady_clock::time_point give_up,
+            bool low_priority = false);
 
  private:
   RateLimiter total_;
   const uint64_t per_client_rate_;
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<RateLimiter>> clients_;  // guarded by mu_
+};
+
+// max_uploads: data responses in flight at once (0 = no cap). A
+// low-priority response counts against the cap with all the others; an
+// on-demand one is refused only when on-demand responses alone fill it, so
+// prefetch and whole-blob pulls never lock out a waiting reader.
+class UploadSlots {
+ public:
+  explicit UploadSlots(uint32_t cap) : cap_(cap) {}
+  // True: one slot held until release(low_priority).
+  bool claim(bool low_priority);
+  void release(bool low_priority);
+
+ private:
+  const uint32_t cap_;
+  std::mutex mu_;
+  uint32_t all_ = 0;     // guarded by mu_
+  uint32_t demand_ = 0;  // guarded by mu_
 };
 
 }  // namespace nydus::p2p

@@ -335,7 +335,10 @@ def test_p2p_upload_rate_limits_hold():
     at the per-client rate; then two clients (two addresses) at once get
     half the total each. Every pull lasts more than 10 s and its rate is
     within 10 % of the limit that binds it. max_uploads 2: a third request
-    while those two run gets 503 at once, counted as refused_busy."""
+    while those two run gets 503 at once, counted as refused_busy. An
+    on-demand range passes two low-priority pulls (prefetch, a stock
+    client's whole blob) that fill the total, and is admitted while they
+    hold both upload slots (a third low-priority one is not)."""
     per_peer, total = 1.5 * 2**20, 2.4 * 2**20
     with ph.Cluster(nodes=3) as c:
         a, b, d = c.nodes
@@ -376,6 +379,42 @@ def test_p2p_upload_rate_limits_hold():
               f" (limit {total / 2**20} in all)")
         for rate, seconds in both:
             assert seconds > 10 and abs(rate / (total / 2) - 1) <= 0.10, both
+
+        # Priorities: two low-priority pulls fill the total (a stock client's
+        # whole blob through the mirror, a peer's prefetch); an on-demand
+        # 1 MiB range from a third address still goes at its per-client rate
+        # instead of a share of what is left.
+        def low_pull(ns, url, headers):
+            return subprocess.Popen(["ip", "netns", "exec", ns, "curl", "-sS", "-o", "/dev/null", "-m", "60",
+                                     *[a for h in headers for a in ("-H", h)], url])
+
+        rng = "bytes=0-1048575"
+        lows = [low_pull(a.ns, f"{ph.MIRROR_URL}{path}", [f"X-Dragonfly-Registry: {c.registry_url}"]),
+                low_pull(d.ns, f"http://{a.address}{path}",
+                         [f"Range: bytes=0-{size - 1}", "X-Nydus-Priority: low", f"X-Dragonfly-Registry: {c.registry_url}",
+                          f"{ph.PEER_AUTH_HEADER}: {c.peer_auth('GET', path, f'bytes=0-{size - 1}')}"])]
+        try:
+            time.sleep(2)
+            r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-f", "-o", "/dev/null", "-w",
+                                "%{time_total}", "-H", f"Range: {rng}", "-H", f"X-Dragonfly-Registry: {c.registry_url}",
+                                "-H", f"{ph.PEER_AUTH_HEADER}: {c.peer_auth('GET', path, rng)}",
+                                f"http://{a.address}{path}"], capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            seconds = float(r.stdout)
+            print(f"on-demand 1 MiB beside two low-priority pulls: {seconds:.2f} s "
+                  f"(per-client rate alone: {2**20 / per_peer:.2f} s)")
+            assert seconds < 1.15 * 2**20 / per_peer, seconds
+            # max_uploads 2 is full of low-priority pulls: another one is refused.
+            r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                "-H", "Range: bytes=0-4095", "-H", "X-Nydus-Priority: low", "-H",
+                                f"X-Dragonfly-Registry: {c.registry_url}", "-H",
+                                f"{ph.PEER_AUTH_HEADER}: {c.peer_auth('GET', path, 'bytes=0-4095')}",
+                                f"http://{a.address}{path}"], capture_output=True, text=True, timeout=10)
+            assert r.stdout == "503", r
+        finally:
+            for low in lows:
+                low.kill()
+                low.wait()
 
 
 def test_p2p_stalling_peer():

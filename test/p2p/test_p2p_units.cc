@@ -1155,3 +1155,18 @@ TEST_CASE("RateLimiter: paces, and refuses a wait past the deadline at once", "[
   CHECK_FALSE(limits.take("10.0.0.1", 10, Clock::now() + std::chrono::milliseconds(100)));
   CHECK_FALSE(nydus::p2p::UploadLimits(0, 0).limited());
 }
+
+TEST_CASE("RateLimiter: on-demand bytes pass queued low-priority ones", "[p2p][rate]") {
+  using Clock = std::chrono::steady_clock;
+  nydus::p2p::RateLimiter limiter(1000);
+  const auto far = Clock::now() + std::chrono::seconds(10);
+  CHECK(limiter.take(1000, far, true));  // a prefetch block: the link is taken for 1 s
+  // On-demand bytes do not wait behind it...
+  const auto t0 = Clock::now();
+  CHECK(limiter.take(100, far, false));
+  CHECK(Clock::now() - t0 < std::chrono::milliseconds(50));
+  // ... and push the next low-priority block back by their own time (0.1 s), after the first (1 s).
+  CHECK_FALSE(limiter.take(10, Clock::now() + std::chrono::milliseconds(1050), true));
+  CHECK(limiter.take(10, Clock::now() + std::chrono::milliseconds(1200), true));
+  CHECK(Clock::now() - t0 >= std::chrono::milliseconds(1000));
+}
