@@ -50,6 +50,9 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
       read_all(check=True, order=None) -> ReadReport, read_file(rel) -> bytes
       run_in_mount(args)                 args chrooted into the mount (e.g. python3 -V)
       (MIRROR_URL: a node's mirror endpoint, reached from inside its namespace)
+      stock_nydusd(config) -> StockNydusd  a nydusd without p2p in this node's namespace
+                                         with the given config (a stock client of the mirror):
+                                         .root, read_all(), log(), stop()
       cut_registry(), restore_registry()   this node only; failures are immediate
       origin_rx_bytes()                  live bytes received on its registry connections
       metrics() -> GET /api/v1/metrics/backend (dict), api(path)
