@@ -84,22 +84,10 @@ bool MirrorRelay::load_from_peers(uint64_t offset, uint64_t end, const std::vect
   for (const std::string& peer : owners) {
     if (peer == node_.self()) return false;  // ours to fetch
     m.peer_requests.fetch_add(1, std::memory_order_relaxed);
-    std::string holder;
-    std::string source = peer;
-    Status s = node_.client().fetch_range(peer, loc_, size, offset, slice_, {}, &holder);
-    if (!holder.empty()) {
-      // A hot unit: the owner named a node that downloaded it; back to the
-      // owner, not to be sent away again, when that one lacks it.
-      s = Status::not_found("holder " + holder + " is out of rendezvous here");
-      if (node_.membership().usable(holder)) {
-        m.redirects_followed.fetch_add(1, std::memory_order_relaxed);
-        s = node_.client().fetch_range(holder, loc_, size, offset, slice_, {.held_only = true});
-        if (s.ok()) source = holder;
-      }
-      if (!s.ok()) s = node_.client().fetch_range(peer, loc_, size, offset, slice_, {.no_redirect = true});
-    }
+    std::string source;
+    Status s = node_.fetch_from_owner(peer, loc_, size, offset, slice_, &source);
     if (s.ok()) {
-      node_.membership().report_success(peer);
+      node_.membership().report_success(source);
       if (std::find(peer_sources_.begin(), peer_sources_.end(), source) == peer_sources_.end())
         peer_sources_.push_back(source);
       return true;

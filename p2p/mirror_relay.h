@@ -29,6 +29,7 @@
 
 #include "common/status.h"
 #include "common/digest.h"
+#include "common/uninit_bytes.h"
 #include "p2p/blob_location.h"
 
 namespace nydus::p2p {
@@ -63,7 +64,7 @@ class MirrorRelay {
   const uint64_t first_;
   const uint64_t length_;
   uint64_t slice_offset_ = 0;  // blob offset of slice_[0]
-  std::vector<uint8_t> slice_;
+  UninitBytes slice_;  // written whole by each load before it is read
   std::unique_ptr<Hasher> hasher_;          // verify_whole only
   uint64_t hashed_ = 0;                     // bytes hashed so far (read() is sequential)
   std::vector<std::string> peer_sources_;   // peers that supplied slices

@@ -144,6 +144,25 @@ Result<std::shared_ptr<StoredBlob>> P2pNode::stored_blob(const std::string& dige
 
 void P2pNode::submit(std::function<void()> task) { pool_->submit(std::move(task)); }
 
+Status P2pNode::fetch_from_owner(const std::string& owner, const BlobLocation& loc, uint64_t blob_size,
+                                 uint64_t offset, std::span<uint8_t> dst, std::string* source) {
+  *source = owner;
+  std::string holder;
+  Status s = client_->fetch_range(owner, loc, blob_size, offset, dst, {}, &holder);
+  if (holder.empty()) return s;
+  s = Status::not_found("holder " + holder + " is out of rendezvous here");
+  if (membership_->usable(holder)) {
+    metrics_.redirects_followed.fetch_add(1, std::memory_order_relaxed);
+    s = client_->fetch_range(holder, loc, blob_size, offset, dst, {.held_only = true});
+  }
+  if (s.ok()) {
+    *source = holder;
+    return s;
+  }
+  if (s.code() != Code::kNotFound) membership_->report_failure(holder, false);
+  return client_->fetch_range(owner, loc, blob_size, offset, dst, {.no_redirect = true});
+}
+
 Status P2pNode::ensure_from_origin(StoredBlob& blob, const BlobLocation& loc, uint64_t offset, uint64_t length,
                                    std::chrono::steady_clock::time_point deadline) {
   auto fetch = [this, &loc](uint64_t off, uint64_t len, const StoredBlob::Sink& sink) -> Status {

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,15 @@ class P2pNode {
   // when the store does not know it yet.
   Result<std::shared_ptr<StoredBlob>> stored_blob(const std::string& digest,
                                                   const std::function<Result<uint64_t>()>& size_fn);
+
+  // Asks the unit's owner `owner` for [offset, offset + dst.size()) of the
+  // blob. When the owner sends the asker to a holder (a hot unit, or the
+  // next owner just after it started), that holder is asked for held bytes
+  // only, unless this node has demoted it, and the owner again, not to be
+  // sent away, when the holder lacks them. *source: the member whose bytes
+  // are in `dst` (owner or holder).
+  Status fetch_from_owner(const std::string& owner, const BlobLocation& loc, uint64_t blob_size, uint64_t offset,
+                          std::span<uint8_t> dst, std::string* source);
 
   // Makes [offset, offset + length) of `blob` ready from the origin named
   // by `loc`, through the store's single-flight (StoredBlob::ensure),

@@ -107,28 +107,8 @@ class PeerReader final : public backend::BlobReader {
       UninitBytes buf(end - first);
       node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
       const auto asked = Clock::now();
-      std::string holder;
-      Status s = node_.client().fetch_range(peer, ask, size, first, buf, {}, &holder);
-      std::string source = peer;
-      if (!holder.empty()) {
-        // The owner sent us to a node that likely holds the range (a hot
-        // unit's earlier downloader, or the next owner while the owner has
-        // just started); back to the owner (not to be sent away again) when
-        // that node lacks it.
-        // A holder this node has demoted (it failed, or sent bad bytes) is
-        // not asked: the owner cannot know.
-        s = Status::not_found("holder " + holder + " is out of rendezvous here");
-        if (node_.membership().usable(holder)) {
-          node_.metrics().redirects_followed.fetch_add(1, std::memory_order_relaxed);
-          s = node_.client().fetch_range(holder, ask, size, first, buf, {.held_only = true});
-        }
-        if (s.ok()) {
-          source = holder;
-        } else {
-          if (s.code() != Code::kNotFound) node_.membership().report_failure(holder, false);
-          s = node_.client().fetch_range(peer, ask, size, first, buf, {.no_redirect = true});
-        }
-      }
+      std::string source;
+      Status s = node_.fetch_from_owner(peer, ask, size, first, buf, &source);
       if (!s.ok()) {
         node_.metrics().peer_failures.fetch_add(1, std::memory_order_relaxed);
         count(metrics_.source("peer " + source), 0, asked, false);
