@@ -124,6 +124,8 @@ constexpr P2pCounter kP2pCounters[] = {
     {"origin_bytes", "Bytes the peer server fetched from origins.", &p2p::P2pMetrics::origin_bytes},
     {"passthrough_requests", "Non-blob requests passed through to the origin unchanged.",
      &p2p::P2pMetrics::passthrough_requests},
+    {"origin_via_peers", "Origin requests sent through a peer because this node could not reach the origin.",
+     &p2p::P2pMetrics::origin_via_peers},
     {"peer_requests", "Ranges this node asked peers for.", &p2p::P2pMetrics::peer_requests},
     {"peer_failures", "Peer requests that failed.", &p2p::P2pMetrics::peer_failures},
     {"verify_failures", "Peer or piece-store bytes that failed verification.", &p2p::P2pMetrics::verify_failures},

@@ -5,8 +5,10 @@
 // (HEAD of the blob, with the client's own Authorization or none) whether
 // this client may read it there. The answer is cached per (origin,
 // repository, digest, credentials): a yes for 5 minutes, a no for 30
-// seconds. A no passes the origin's status on (401, 403, 404); an origin
-// that cannot answer gets the client a 502, never cached bytes.
+// seconds. A no passes the origin's status on (401, 403, 404). When this
+// node cannot reach the origin, another member asks it with the same
+// credentials (P2pNode::origin_via_peers); when nobody can, the client gets
+// a 502, never cached bytes.
 //
 // Peers are not checked: they are cluster members that signed their
 // request with the cluster secret, and they pass their own client's
@@ -26,11 +28,11 @@
 
 namespace nydus::p2p {
 
-class PeerClient;
+class P2pNode;
 
 class AccessCheck {
  public:
-  explicit AccessCheck(PeerClient& client) : client_(client) {}
+  explicit AccessCheck(P2pNode& node) : node_(node) {}
 
   struct Verdict {
     bool allowed = false;
@@ -47,7 +49,7 @@ class AccessCheck {
     Verdict verdict;
     std::chrono::steady_clock::time_point until;
   };
-  PeerClient& client_;
+  P2pNode& node_;
   std::mutex mu_;
   std::unordered_map<std::string, Entry> cache_;  // guarded by mu_; key: see check()
 };

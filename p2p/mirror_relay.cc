@@ -68,14 +68,26 @@ Status MirrorRelay::load(uint64_t offset) {
     store_ranges_.emplace_back(offset, end);
     return blob_->read(offset, slice_);
   }
-  if (load_from_peers(offset, end, node_.owners(loc_.digest, unit, node_.config().max_candidates)))
-    return Status::Ok();
-  store_ranges_.emplace_back(offset, end);
+  const std::vector<std::string> owners = node_.owners(loc_.digest, unit, node_.config().max_candidates);
+  if (load_from_peers(offset, end, owners)) return Status::Ok();
   // This node owns the unit, or no owner answered: the origin, once, through the store.
   m.fallbacks_to_origin.fetch_add(1, std::memory_order_relaxed);
-  NYDUS_TRY(node_.ensure_from_origin(*blob_, loc_, offset, end - offset,
-                                     std::chrono::steady_clock::now() + kOriginDeadline));
-  return blob_->read(offset, slice_);
+  Status s = node_.ensure_from_origin(*blob_, loc_, offset, end - offset,
+                                      std::chrono::steady_clock::now() + kOriginDeadline);
+  if (s.ok()) {
+    store_ranges_.emplace_back(offset, end);
+    return blob_->read(offset, slice_);
+  }
+  // The origin is out of reach from here: the owners after this one fetch
+  // it for everybody (they reach the origin, or hold the unit already).
+  auto self = std::find(owners.begin(), owners.end(), node_.self());
+  if (self != owners.end() && load_from_peers(offset, end, {self + 1, owners.end()})) {
+    LOG_INFO("p2p: blob %s [%llu, +%llu): the origin failed here (%s); served by the next owner",
+             loc_.digest.substr(0, 12).c_str(), static_cast<unsigned long long>(offset),
+             static_cast<unsigned long long>(end - offset), s.message().c_str());
+    return Status::Ok();
+  }
+  return s;
 }
 
 bool MirrorRelay::load_from_peers(uint64_t offset, uint64_t end, const std::vector<std::string>& owners) {

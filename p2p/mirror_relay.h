@@ -8,8 +8,9 @@
 // there; otherwise the unit's owners are asked in rendezvous order (signed
 // requests, as every peer request; an owner fetches what it lacks from the
 // origin once for everybody); when this node is the owner, or every owner
-// failed, the origin through this node's store (single-flight). At most
-// one unit is held in memory.
+// failed, the origin through this node's store (single-flight); when this
+// node cannot reach the origin, the owners after it in rendezvous order.
+// At most one unit is held in memory.
 //
 // A range carries no digest to check, so bytes from peers are not verified
 // here (peers are cluster members that signed with the cluster secret). A

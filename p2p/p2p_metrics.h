@@ -32,6 +32,7 @@ class P2pMetrics {
   std::atomic<uint64_t> origin_requests{0};    // origin GETs made by the piece store for askers
   std::atomic<uint64_t> origin_bytes{0};
   std::atomic<uint64_t> passthrough_requests{0};  // manifests etc. forwarded unchanged
+  std::atomic<uint64_t> origin_via_peers{0};  // origin requests sent through a peer (origin unreachable here)
   std::atomic<uint64_t> peer_requests{0};      // ranges this node asked peers for
   std::atomic<uint64_t> peer_failures{0};      // ... that failed (transport, deadline, bad answer)
   std::atomic<uint64_t> verify_failures{0};    // peer or store bytes that failed verification
@@ -45,8 +46,8 @@ class P2pMetrics {
   std::atomic<uint64_t> refused_bad_signature{0};  // malformed or wrong signature
   std::atomic<uint64_t> refused_stale{0};
   std::atomic<uint64_t> refused_replayed{0};
-  std::atomic<uint64_t> refused_access{0};
-  std::atomic<uint64_t> refused_busy{0};    // data requests past max_uploads (503)  // mirror clients the origin would not serve the blob
+  std::atomic<uint64_t> refused_access{0};  // mirror clients the origin would not serve the blob
+  std::atomic<uint64_t> refused_busy{0};    // data requests past max_uploads (503)
   // Requests by client kind (both endpoints).
   std::atomic<uint64_t> requests_from_peers{0};
   std::atomic<uint64_t> requests_from_nydusd{0};

@@ -142,6 +142,34 @@ Result<std::shared_ptr<StoredBlob>> P2pNode::stored_blob(const std::string& dige
   return store_->open_blob(digest, size);
 }
 
+Result<backend::HttpResponse> P2pNode::origin_via_peers(const std::string& method, const std::string& origin,
+                                                        const std::string& path_query,
+                                                        const std::vector<std::string>& headers) {
+  Result<backend::HttpResponse> last = Status::io("no other member to ask the origin " + origin);
+  const std::string key = origin + path_query;
+  for (const std::string& peer : owners(key, 0, config_.max_candidates)) {
+    if (peer == self()) continue;
+    metrics_.origin_via_peers.fetch_add(1, std::memory_order_relaxed);
+    last = client_->forward_via(peer, method, origin, path_query, headers);
+    if (last.ok() && last->status != 502) {
+      membership_->report_success(peer);
+      return last;
+    }
+    if (!last.ok()) membership_->report_failure(peer, false);
+  }
+  return last;
+}
+
+Result<uint64_t> P2pNode::size_from_owners(const BlobLocation& loc) {
+  Result<uint64_t> last = Status::io("no other member to ask the size of blob " + loc.digest.substr(0, 12));
+  for (const std::string& peer : owners(loc.digest, 0, config_.max_candidates)) {
+    if (peer == self()) continue;
+    last = client_->fetch_size(peer, loc);
+    if (last.ok() || last.status().code() == Code::kNotFound) return last;
+  }
+  return last;
+}
+
 void P2pNode::submit(std::function<void()> task) { pool_->submit(std::move(task)); }
 
 Status P2pNode::fetch_from_owner(const std::string& owner, const BlobLocation& loc, uint64_t blob_size,

@@ -83,6 +83,20 @@ class P2pNode {
   Status ensure_from_origin(StoredBlob& blob, const BlobLocation& loc, uint64_t offset, uint64_t length,
                             std::chrono::steady_clock::time_point deadline);
 
+  // When this node cannot reach the origin (its link cut, a partition) but
+  // other members can: `method` `path_query` asked of the origin `origin`
+  // by the members in rendezvous order of the path, each passing it on
+  // with the client's own credentials in `headers`. The first answer that
+  // is neither a transport failure nor a member's 502; the last failure
+  // when none. Manifests, tags and the mirror's access checks go this way.
+  Result<backend::HttpResponse> origin_via_peers(const std::string& method, const std::string& origin,
+                                                 const std::string& path_query,
+                                                 const std::vector<std::string>& headers);
+  // The blob's size from the owners of its unit 0 (HEAD), for when the
+  // origin cannot tell; a peer's word, taken only when nothing better is
+  // at hand.
+  Result<uint64_t> size_from_owners(const BlobLocation& loc);
+
   // Runs `task` on a fetch worker (origin fetches that feed streaming
   // uploads). Tasks still queued at shutdown are dropped; running ones end
   // within their HTTP deadlines.

@@ -230,4 +230,26 @@ Result<backend::HttpResponse> PeerClient::forward(const std::string& method, con
   return origin_.perform(req);
 }
 
+Result<backend::HttpResponse> PeerClient::forward_via(const std::string& peer, const std::string& method,
+                                                     const std::string& origin, const std::string& path_query,
+                                                     std::vector<std::string> headers) {
+  backend::HttpRequest req;
+  req.method = method;
+  req.url = "http://" + peer + path_query;
+  req.headers = std::move(headers);
+  req.headers.push_back("X-Dragonfly-Registry: " + origin);
+  req.headers.push_back(std::string(kViaPeerHeader) + ": 1");
+  if (!self_.empty()) req.headers.push_back("X-Nydus-Peer: " + self_);
+  if (auth_) {
+    // The signature covers the path; the query is not part of it (the
+    // server verifies against the path libmicrohttpd hands it).
+    const std::string path = path_query.substr(0, path_query.find('?'));
+    req.headers.push_back(std::string(kPeerAuthHeader) + ": " + auth_->sign(method, path, ""));
+  }
+  req.connect_timeout = milliseconds(config_.peer_timeout_ms);
+  req.timeout = std::chrono::seconds(30);
+  req.max_body_bytes = 16u << 20;
+  return peers_.perform(req);
+}
+
 }  // namespace nydus::p2p

@@ -35,6 +35,9 @@ namespace nydus::p2p {
 
 // Sent with a range request made ahead of use (prefetch): "low".
 inline constexpr const char* kLowPriorityHeader = "X-Nydus-Priority";
+// A peer port request to be passed to the origin unchanged, whatever its
+// path: the asker cannot reach the origin itself (P2pNode::origin_via_peers).
+inline constexpr const char* kViaPeerHeader = "X-Nydus-Via-Peer";
 
 // How to ask a peer for a range (p2p/hot_units.h, p2p/peer_server.cc).
 struct RangeAsk {
@@ -74,6 +77,13 @@ class PeerClient {
   // the whole answer, body at most 16 MiB, redirects not followed.
   Result<backend::HttpResponse> forward(const std::string& method, const std::string& url,
                                         std::vector<std::string> headers);
+  // The same, asked of the origin `origin` by `peer` on this node's behalf
+  // (a signed request with kViaPeerHeader; the peer answers as the origin
+  // did, 502 when it cannot reach it either). `path_query` is the request
+  // target at the origin ("/v2/...", with its query).
+  Result<backend::HttpResponse> forward_via(const std::string& peer, const std::string& method,
+                                            const std::string& origin, const std::string& path_query,
+                                            std::vector<std::string> headers);
 
  private:
   backend::HttpRequest peer_request(const std::string& peer, const BlobLocation& blob, const char* method) const;

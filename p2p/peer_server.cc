@@ -212,7 +212,7 @@ struct PeerServer::Impl {
   const Clock::time_point started = Clock::now();
 
   Impl(P2pNode& n, Role r)
-      : node(n), role(r), access(n.client()), limits(n.upload_limits()), slots(n.upload_slots()),
+      : node(n), role(r), access(n), limits(n.upload_limits()), slots(n.upload_slots()),
         hot(n.config().spread_uploads) {}
 
   // Low priority: a peer's prefetch (kLowPriorityHeader) or a stock
@@ -359,8 +359,11 @@ struct PeerServer::Impl {
                               MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "ns"));
     if (!origin.ok()) return refuse(conn, MHD_HTTP_BAD_REQUEST, origin.status().message());
     const char* auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    // A member that cannot reach the origin asks it through this node (signed, checked above).
+    if (role == Role::kPeers && MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kViaPeerHeader))
+      return passthrough(conn, method, path, *origin, auth, /*for_peer=*/true);
     if (!target.ok()) {
-      if (path.rfind("/v2/", 0) == 0 || path == "/v2") return passthrough(conn, method, path, *origin, auth);
+      if (path.rfind("/v2/", 0) == 0 || path == "/v2") return passthrough(conn, method, path, *origin, auth, false);
       return refuse(conn, MHD_HTTP_NOT_FOUND, "no such route");
     }
     BlobLocation loc{*origin, target->repo, target->digest, auth ? auth : ""};
@@ -414,7 +417,14 @@ struct PeerServer::Impl {
                           if (loc.registry.empty())
                             return Status::not_found(
                                 "blob not held here and no origin named (X-Dragonfly-Registry or ?ns=)");
-                          return node.client().origin_size(loc, &origin_status);
+                          auto size = node.client().origin_size(loc, &origin_status);
+                          // A stock client on a node cut from the origin: the owners
+                          // know the size. Not for peers: two cut nodes would ask
+                          // each other in a circle.
+                          if (role == Role::kMirror && !size.ok() && origin_status == 0 &&
+                              size.status().code() != Code::kNotFound)
+                            if (auto from_peers = node.size_from_owners(loc); from_peers.ok()) return from_peers;
+                          return size;
                         });
     if (!blob.ok()) {
       unsigned status = MHD_HTTP_BAD_GATEWAY;
@@ -659,8 +669,11 @@ struct PeerServer::Impl {
     });
   }
 
+  // The request to the origin unchanged, its answer back. When the origin
+  // cannot be reached from here, other members are asked to pass it on,
+  // unless this request is itself one passed on by a member (`for_peer`).
   MHD_Result passthrough(MHD_Connection* conn, const std::string& method, const std::string& path,
-                         const std::string& origin, const char* auth) {
+                         const std::string& origin, const char* auth, bool for_peer) {
     if (origin.empty()) return refuse(conn, MHD_HTTP_BAD_REQUEST, "no origin named (X-Dragonfly-Registry or ?ns=)");
     node.metrics().passthrough_requests.fetch_add(1, std::memory_order_relaxed);
     std::vector<std::string> headers;
@@ -678,7 +691,11 @@ struct PeerServer::Impl {
           return MHD_YES;
         },
         &query);
-    auto res = node.client().forward(method, url + query, std::move(headers));
+    auto res = node.client().forward(method, url + query, headers);
+    if (!res.ok() && !for_peer) {
+      auto via = node.origin_via_peers(method, origin, path + query, headers);
+      if (via.ok()) res = std::move(via);
+    }
     if (!res.ok()) return refuse(conn, MHD_HTTP_BAD_GATEWAY, res.status().message());
     MHD_Response* r = nullptr;
     if (method == "HEAD") {

@@ -17,6 +17,8 @@ packages=(
   python3-pytest-xdist
   # P2P tests: multi-daemon network namespaces, an HTTP origin, plots
   dnsmasq-base nginx-light gnuplot-nox
+  # containerd and skopeo: plain OCI images through the mirror (test_p2p.py)
+  containerd skopeo
 )
 
 missing=()

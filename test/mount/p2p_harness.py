@@ -29,7 +29,7 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
       Any tree (e.g. a root filesystem) built the same way (for Cluster(image=)).
   blob_chunk_table(blob_path, blob_info)  (offset, size) by chunk index
   Cluster(nodes=0, rate="100mbit", node_rate=None, p2p=True, peers="static",
-          p2p_extra=None, image=None, repo="p2p/test")
+          p2p_extra=None, image=None, repo="p2p/test", basic_auth=None, token_server=None)
       .registry_ip, .registry_host ("ip:5000"), .host_ip, .subnet, .repo,
       .image, .nodes, .extra_peers, .secret / .secret_path (every node's
       p2p.secret_file: peer requests are signed)
@@ -40,6 +40,7 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
       peer_addresses()                   "ip:65002" of every node, started or not
       read_all(nodes, check=True)        every node reads every file at once; reports
       origin_bytes(settle=True), origin_requests(), link_tx_bytes(), unique_bytes
+      bearer(repo)                       with token_server: a token for that repository only
       dns(nodes) -> Dns                  dnsmasq answering NODES_NAME
       byzantine_peer(corrupt="flip"), stalling_peer() -> FaultPeer
                                          (added to every node's static peers list)
@@ -1129,11 +1130,15 @@ class Cluster:
     """A registry behind a shaped link and nodes on a bridge. See the module docstring."""
 
     def __init__(self, nodes=0, rate="100mbit", node_rate=None, p2p=True, peers="static", p2p_extra=None,
-                 image=None, repo="p2p/test", image_seed=1, basic_auth=None):
+                 image=None, repo="p2p/test", image_seed=1, basic_auth=None, token_server=None):
         require_cluster_tools()
         # (user, password): the registry wants htpasswd Basic auth for
         # everything (a private repository); nodes get it as backend `auth`.
         self.basic_auth = basic_auth
+        # A registry_harness.TokenServer: the registry takes only its Bearer
+        # tokens, each good for the repositories it names (bearer()). The
+        # harness pushes with the server's first user; nodes get no `auth`.
+        self.token_server = token_server
         self.rate = rate
         self.node_rate = node_rate
         self.repo = repo
@@ -1236,6 +1241,10 @@ class Cluster:
                                   text=True).stdout.strip()
             (self.registry_dir / "htpasswd").write_text(line + "\n")
             config["auth"] = {"htpasswd": {"realm": "np2p", "path": str(self.registry_dir / "htpasswd")}}
+        if self.token_server:
+            ts = self.token_server
+            config["auth"] = {"token": {"realm": ts.realm, "service": ts.service, "issuer": ts.issuer,
+                                        "rootcertbundle": str(ts.rootcertbundle)}}
         (self.registry_dir / "config.yml").write_text(json.dumps(config))
         with open(self.registry_log, "ab") as log:
             self._registry = subprocess.Popen(["ip", "netns", "exec", ns, "docker-registry", "serve",
@@ -1245,7 +1254,8 @@ class Cluster:
         while time.monotonic() < deadline:
             if self._registry.poll() is not None:
                 raise AssertionError(f"docker-registry exited: {self.registry_log.read_text()[-3000:]}")
-            if self._registry_get("/v2/")[0] == 200:
+            # 401 is an answer too: token auth wants a token even for /v2/.
+            if self._registry_get("/v2/")[0] in (200, 401):
                 return
             time.sleep(0.05)
         raise AssertionError("docker-registry does not answer")
@@ -1261,10 +1271,19 @@ class Cluster:
             return None
         return base64.b64encode(":".join(self.basic_auth).encode()).decode()
 
+    def bearer(self, repo, actions=("pull",)):
+        """An Authorization value with token_server: a token (signed by the
+        token server's key, as its realm would issue it) for `repo` only."""
+        ts = self.token_server
+        token = ts.issue("np2p-test", ts.service, [{"type": "repository", "name": repo, "actions": list(actions)}])
+        return "Bearer " + token
+
     def _registry_get(self, path, headers=None, timeout=5, auth=True):
         conn = http.client.HTTPConnection(self.registry_ip, REGISTRY_PORT, timeout=timeout)
         if auth and self.basic_auth:
             headers = {"Authorization": "Basic " + self.auth_b64, **(headers or {})}
+        elif auth and self.token_server and path.startswith(f"/v2/{self.repo}/"):
+            headers = {"Authorization": self.bearer(self.repo), **(headers or {})}
         try:
             conn.request("GET", path, headers={"User-Agent": HARNESS_UA, **(headers or {})})
             response = conn.getresponse()
@@ -1287,7 +1306,12 @@ class Cluster:
         """Pushes bytes or a file to `repo` (the cluster's by default) through
         the distribution API (POST + PUT ?digest=), with the registry's
         credentials when it wants them; returns the sha256 hex digest."""
-        target = self._PushTarget(self.registry_url, self.basic_auth, self.auth_b64)
+        if self.token_server:
+            ts = self.token_server
+            target = self._PushTarget(self.registry_url, (ts.username, ts.password),
+                                      base64.b64encode(f"{ts.username}:{ts.password}".encode()).decode())
+        else:
+            target = self._PushTarget(self.registry_url, self.basic_auth, self.auth_b64)
         return rh.push_blob(target, repo or self.repo, source)
 
     def _push(self):

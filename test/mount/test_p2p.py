@@ -27,7 +27,9 @@ import time
 
 import pytest
 
+import containerd_harness as ch
 import p2p_harness as ph
+import registry_harness as rh
 
 pytestmark = pytest.mark.p2p
 
@@ -559,6 +561,41 @@ def test_p2p_stock_nydusd_reads_through_the_mirror_with_the_guides_config(auth_t
         assert m["requests_from_nydusd"] > 0 and m["upload_bytes"] > 0, m
 
 
+def mirror_get(cluster, node, *curl_args):
+    """(status, body) of a GET of the first 64 KiB of the cluster's blob
+    through `node`'s mirror by curl in its namespace, with `curl_args` added."""
+    url = f"{ph.MIRROR_URL}/v2/{cluster.repo}/blobs/sha256:{cluster.image.digest}"
+    r = subprocess.run(["ip", "netns", "exec", node.ns, "curl", "-sS", "-o", "-", "-w", "\n%{http_code}",
+                        "-r", "0-65535", "-H", f"X-Dragonfly-Registry: {cluster.registry_url}", *curl_args, url],
+                       capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    body, _, code = r.stdout.rpartition(b"\n")
+    return int(code), body
+
+
+def test_p2p_mirror_serves_a_token_repository_only_to_tokens_for_it():
+    """Issue 12, repository-scoped credentials: a registry with token auth,
+    where a token names the repositories it may pull. A client with a token
+    for the image's repository reads the blob through node A's mirror (its
+    bytes are then in A's store); a client without credentials, and one
+    whose token is for another repository, get 401 and no byte, because the
+    mirror asks the origin with each client's own token."""
+    with rh.TokenServer(tls=False) as ts, ph.Cluster(nodes=1, token_server=ts) as c:
+        (a,) = c.start_nodes()
+        blob = c.image.blob_path.read_bytes()
+        code, body = mirror_get(c, a, "-H", f"Authorization: {c.bearer(c.repo)}")
+        assert code == 206 and body == blob[:65536], (code, body[:200])
+        assert a.metrics()["p2p"]["origin_bytes"] >= 65536
+        before = a.metrics()["p2p"]["refused_access"]
+        for extra in ((), ("-H", f"Authorization: {c.bearer('p2p/another')}")):
+            code, body = mirror_get(c, a, *extra)
+            assert code == 401 and blob[:4096] not in body, (extra, code, body[:200])
+        assert a.metrics()["p2p"]["refused_access"] - before == 2
+        # The right token still reads, now from A's store.
+        code, body = mirror_get(c, a, "-H", f"Authorization: {c.bearer(c.repo)}")
+        assert code == 206 and body == blob[:65536]
+
+
 def test_p2p_mirror_serves_a_private_repository_only_to_its_readers():
     """Issue 12: a private repository (htpasswd registry) that node A has
     read: through A's mirror, a client without credentials or with wrong
@@ -569,16 +606,10 @@ def test_p2p_mirror_serves_a_private_repository_only_to_its_readers():
         (a,) = c.start_nodes()
         a.read_all()
         blob = c.image.blob_path.read_bytes()
-        url = f"{ph.MIRROR_URL}/v2/{c.repo}/blobs/sha256:{c.image.digest}"
         wrong = base64.b64encode(b"reader:not-the-password").decode()
 
         def get(*extra):
-            r = subprocess.run(["ip", "netns", "exec", a.ns, "curl", "-sS", "-o", "-", "-w", "\n%{http_code}",
-                                "-r", "0-65535", "-H", f"X-Dragonfly-Registry: {c.registry_url}", *extra, url],
-                               capture_output=True, timeout=20)
-            assert r.returncode == 0, r.stderr
-            body, _, code = r.stdout.rpartition(b"\n")
-            return int(code), body
+            return mirror_get(c, a, *extra)
 
         before = a.metrics()["p2p"]["refused_access"]
         for extra in ((), ("-H", f"Authorization: Basic {wrong}")):
@@ -587,6 +618,45 @@ def test_p2p_mirror_serves_a_private_repository_only_to_its_readers():
         code, body = get("-H", f"Authorization: Basic {c.auth_b64}")
         assert code == 206 and body == blob[:65536], (code, len(body))
         assert a.metrics()["p2p"]["refused_access"] - before == 2
+
+
+def test_p2p_containerd_pulls_a_plain_image_through_the_mirror_then_from_peers_alone():
+    """Issue 12: containerd (Debian's, one per node, its own state) pulls a
+    plain OCI image that skopeo pushed, with `ctr image pull --hosts-dir`
+    and a hosts.toml naming the node's mirror. On node A the blobs come
+    through A's mirror and the P2P path (the registry serves each byte
+    about once, and to no containerd directly); then node B, its registry
+    link cut, pulls the same image: manifests through a peer that still
+    reaches the origin (origin_via_peers), blobs from the nodes' piece
+    stores, and every layer in B's content store matches its digest."""
+    ch.require_containerd_tools()
+    with ph.Cluster(nodes=2) as c:
+        image = ch.build_oci_layout(c.dir / "oci", seed=12, layer_sizes=[3 << 20, (1 << 20) + 12345, 200 << 10])
+        ref = f"{c.registry_host}/plain/app:v1"
+        ch.skopeo_copy(image, ref)
+        hosts = ch.write_hosts_dir(c.dir / "certs.d", c.registry_host, ph.MIRROR_URL)
+        a, b = c.start_nodes()
+        before = c.origin_bytes()
+        on_a, on_b = ch.Containerd(a), ch.Containerd(b)
+        try:
+            on_a.pull(ref, hosts)
+            pulled = c.origin_bytes() - before
+            agents = {r.agent for r in c.origin_requests() if r.client in (a.ip, b.ip)}
+            print(f"A's pull: origin {pulled} bytes for {image.blob_bytes} blob bytes; agents {agents}")
+            assert not [g for g in agents if "containerd" in g], agents  # no pull around the mirror
+            assert image.blob_bytes <= pulled <= COLD_FACTOR * image.blob_bytes, (pulled, image.blob_bytes)
+            b.cut_registry()
+            on_b.pull(ref, hosts)
+            for digest, size in image.layers + [image.config]:
+                data = on_b.content(digest)
+                assert len(data) == size and hashlib.sha256(data).hexdigest() == digest, (digest, len(data))
+            assert c.origin_bytes() - before == pulled
+        finally:
+            on_a.stop()
+            on_b.stop()
+        m = b.metrics()["p2p"]
+        assert m["requests_from_containerd"] > 0 and m["origin_via_peers"] > 0, m
+        assert a.metrics()["p2p"]["requests_from_containerd"] > 0
 
 
 def test_p2p_peer_port_answers_signed_requests_only():
