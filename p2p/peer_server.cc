@@ -695,6 +695,9 @@ struct PeerServer::Impl {
     if (!res.ok() && !for_peer) {
       auto via = node.origin_via_peers(method, origin, path + query, headers);
       if (via.ok()) res = std::move(via);
+      else
+        LOG_WARN("p2p: %s %s: the origin failed (%s) and so did asking it through peers (%s)", method.c_str(),
+                 path.c_str(), res.status().message().c_str(), via.status().message().c_str());
     }
     if (!res.ok()) return refuse(conn, MHD_HTTP_BAD_GATEWAY, res.status().message());
     MHD_Response* r = nullptr;

@@ -646,7 +646,8 @@ def test_p2p_containerd_pulls_a_plain_image_through_the_mirror_then_from_peers_a
             assert not [g for g in agents if "containerd" in g], agents  # no pull around the mirror
             assert image.blob_bytes <= pulled <= COLD_FACTOR * image.blob_bytes, (pulled, image.blob_bytes)
             b.cut_registry()
-            on_b.pull(ref, hosts)
+            pull = on_b.pull(ref, hosts, check=False)
+            assert pull.returncode == 0, f"{pull.stderr}\n--- p2p logs:\n" + "\n".join(b.p2p_log_lines()[-20:] + a.p2p_log_lines()[-20:])
             for digest, size in image.layers + [image.config]:
                 data = on_b.content(digest)
                 assert len(data) == size and hashlib.sha256(data).hexdigest() == digest, (digest, len(data))
