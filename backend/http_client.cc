@@ -296,6 +296,18 @@ Result<HttpResponse> HttpClient::perform_once(const HttpRequest& request, bool* 
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
   }
+  if (!shared_->tls.private_ca.empty()) {
+    curl_easy_setopt(h, CURLOPT_CAINFO, shared_->tls.private_ca.c_str());
+    curl_easy_setopt(h, CURLOPT_CAPATH, nullptr);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+#if LIBCURL_VERSION_NUM >= 0x075700  // 7.87: the CA store is cached for a day unless told not to
+    curl_easy_setopt(h, CURLOPT_CA_CACHE_TIMEOUT, 0L);
+#endif
+  }
+  if (!shared_->tls.client_cert.empty()) {
+    curl_easy_setopt(h, CURLOPT_SSLCERT, shared_->tls.client_cert.c_str());
+    curl_easy_setopt(h, CURLOPT_SSLKEY, shared_->tls.client_key.c_str());
+  }
   if (!shared_->ca_error.empty()) {
     shared_->give_back(h);
     return Status::io(shared_->ca_error);

@@ -31,6 +31,14 @@ namespace nydus::backend {
 struct TlsOptions {
   bool skip_verify = false;             // no certificate or host name checks
   std::vector<std::string> ca_files;    // extra CA bundles (PEM), added to the system's
+  // A private PKI (the P2P peer port's mutual TLS): servers are checked
+  // against this CA bundle only, not the system's, and not by host name
+  // (peers are addressed by IP); `client_cert`/`client_key` (PEM) are
+  // presented. All three files are read again for each new connection, so
+  // rotated files take effect without a restart.
+  std::string private_ca;
+  std::string client_cert;
+  std::string client_key;
 };
 
 struct HttpRequest {

@@ -96,6 +96,9 @@ Result<p2p::P2pConfig> parse_p2p_object(const json& o) {
   NYDUS_TRY(read_string(o, "mirror_listen", &c.mirror_listen));
   NYDUS_TRY(read_string(o, "health_listen", &c.health_listen));
   NYDUS_TRY(read_string(o, "secret_file", &c.secret_file));
+  NYDUS_TRY(read_string(o, "tls_cert", &c.tls_cert));
+  NYDUS_TRY(read_string(o, "tls_key", &c.tls_key));
+  NYDUS_TRY(read_string(o, "tls_ca", &c.tls_ca));
   NYDUS_TRY(read_bool(o, "insecure", &c.insecure));
   NYDUS_TRY(read_u32(o, "auth_window_s", 1, 3600, &c.auth_window_s));
   if (auto it = o.find("peers"); it != o.end() && !it->is_null()) {
@@ -127,9 +130,14 @@ Result<p2p::P2pConfig> parse_p2p_object(const json& o) {
   if (!c.peers.empty() && !c.peers_dns.empty()) return bad("peers", "and p2p.peers_dns cannot both be set");
   // Unsigned peer requests, or a mirror that serves anyone, only on this
   // host unless the operator says otherwise in so many words.
-  if (c.secret_file.empty() && !c.insecure && !is_loopback_listen(c.listen))
+  const int tls_files = !c.tls_cert.empty() + !c.tls_key.empty() + !c.tls_ca.empty();
+  if (tls_files != 0 && tls_files != 3)
+    return bad(c.tls_cert.empty() ? "tls_cert" : c.tls_key.empty() ? "tls_key" : "tls_ca",
+               "is missing: mutual TLS needs tls_cert, tls_key and tls_ca together");
+  if (c.secret_file.empty() && tls_files == 0 && !c.insecure && !is_loopback_listen(c.listen))
     return bad("listen", "= \"" + c.listen + "\" is not a loopback address: set p2p.secret_file (a secret shared "
-                         "by every node) or, to accept unsigned peer requests, p2p.insecure: true");
+                         "by every node), or p2p.tls_cert, tls_key and tls_ca (mutual TLS), or, to accept "
+                         "unauthenticated peer requests, p2p.insecure: true");
   if (!c.mirror_listen.empty() && !c.insecure && !is_loopback_listen(c.mirror_listen))
     return bad("mirror_listen", "= \"" + c.mirror_listen + "\" is not a loopback address: the mirror answers "
                                 "anyone; set p2p.insecure: true to allow that");

@@ -29,10 +29,15 @@ struct P2pConfig {
   // Dragonfly guide's nydusd config (ping_url :40901) works unchanged; "" = off.
   std::string health_listen = "127.0.0.1:40901";
   // The cluster secret every peer request is signed with (p2p/peer_auth.h);
-  // "" = peer requests are not signed nor checked, allowed only when both
-  // listen addresses are loopback or `insecure` is true.
+  // "" = peer requests are not signed nor checked; without TLS either,
+  // allowed only when both listen addresses are loopback or `insecure` is true.
   std::string secret_file;
-  bool insecure = false;            // listen on non-loopback addresses without a secret
+  // Mutual TLS on the peer port (p2p/peer_tls.h): this node's certificate
+  // and key and the cluster CA, PEM files; all three or none.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_ca;
+  bool insecure = false;            // listen on non-loopback addresses without a secret or TLS
   uint32_t auth_window_s = 30;      // a signature's timestamp may be this far off (and its nonce is kept as long)
   uint64_t unit_size = 1ull << 20;  // placement unit: aligned raw-blob range with one owner (p2p/README.md: why 1 MiB)
   uint32_t granule_size = 4096;     // readiness and origin-fetch alignment inside the store

@@ -46,6 +46,8 @@ class P2pMetrics {
   std::atomic<uint64_t> refused_bad_signature{0};  // malformed or wrong signature
   std::atomic<uint64_t> refused_stale{0};
   std::atomic<uint64_t> refused_replayed{0};
+  std::atomic<uint64_t> refused_no_certificate{0};         // mutual TLS: no client certificate
+  std::atomic<uint64_t> refused_untrusted_certificate{0};  // ... one not of the cluster CA
   std::atomic<uint64_t> refused_access{0};  // mirror clients the origin would not serve the blob
   std::atomic<uint64_t> refused_busy{0};    // data requests past max_uploads (503)
   // Requests by client kind (both endpoints).

@@ -86,6 +86,9 @@ Result<std::unique_ptr<P2pNode>> P2pNode::start(const P2pConfig& config) {
   if (!config.secret_file.empty()) {
     NYDUS_ASSIGN(node->auth_, PeerAuth::load(config.secret_file, std::chrono::seconds(config.auth_window_s)));
   }
+  if (!config.tls_cert.empty()) {
+    NYDUS_ASSIGN(node->tls_, PeerTls::load(config.tls_cert, config.tls_key, config.tls_ca));
+  }
   node->client_ = std::make_unique<PeerClient>(config);
   PeerClient* client = node->client_.get();
   client->set_auth(node->auth_.get());

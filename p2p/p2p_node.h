@@ -26,6 +26,7 @@
 #include "p2p/p2p_metrics.h"
 #include "p2p/peer_auth.h"
 #include "p2p/peer_client.h"
+#include "p2p/peer_tls.h"
 #include "p2p/rate_limiter.h"
 #include "p2p/piece_store.h"
 
@@ -46,6 +47,8 @@ class P2pNode {
   P2pMetrics& metrics() { return metrics_; }
   // The peer-request signer and checker; null without p2p.secret_file.
   PeerAuth* auth() { return auth_.get(); }
+  // Mutual TLS on the peer port; null without p2p.tls_cert/key/ca.
+  PeerTls* tls() { return tls_.get(); }
   // Upload pacing and the data responses in flight, shared by the peer
   // port and the mirror (p2p.upload_rate*, p2p.max_uploads).
   UploadLimits& upload_limits() { return upload_limits_; }
@@ -111,6 +114,7 @@ class P2pNode {
   UploadLimits upload_limits_;
   UploadSlots upload_slots_;
   std::unique_ptr<PeerAuth> auth_;
+  std::unique_ptr<PeerTls> tls_;  // outlives the servers (declared before them, destroyed after)
   std::unique_ptr<PieceStore> store_;
   std::unique_ptr<Membership> membership_;
   std::unique_ptr<PeerClient> client_;

@@ -107,6 +107,8 @@ const char* auth_verdict_name(AuthVerdict v) {
     case AuthVerdict::kBadSignature: return "bad_signature";
     case AuthVerdict::kStale: return "stale_timestamp";
     case AuthVerdict::kReplayed: return "replayed";
+    case AuthVerdict::kNoCertificate: return "no_client_certificate";
+    case AuthVerdict::kUntrustedCertificate: return "untrusted_client_certificate";
   }
   return "?";
 }

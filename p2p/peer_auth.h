@@ -31,7 +31,8 @@ namespace nydus::p2p {
 inline constexpr const char* kPeerAuthHeader = "X-Nydus-P2P-Auth";
 
 // Why a request was refused (or kOk). Names are metric and log words.
-enum class AuthVerdict { kOk, kMissing, kMalformed, kBadSignature, kStale, kReplayed };
+// kNoCertificate and kUntrustedCertificate come from mutual TLS (p2p/peer_tls.h).
+enum class AuthVerdict { kOk, kMissing, kMalformed, kBadSignature, kStale, kReplayed, kNoCertificate, kUntrustedCertificate };
 const char* auth_verdict_name(AuthVerdict v);
 
 class PeerAuth {

@@ -44,13 +44,28 @@ bool parse_content_range(const std::string& value, ContentRange* out) {
   return true;
 }
 
-PeerClient::PeerClient(const P2pConfig& config) : config_(config), peers_({}), origin_({}) {}
+namespace {
+// The peer port's client side: mutual TLS with the cluster CA when configured.
+backend::TlsOptions peer_tls_options(const P2pConfig& config) {
+  backend::TlsOptions tls;
+  tls.private_ca = config.tls_ca;
+  tls.client_cert = config.tls_cert;
+  tls.client_key = config.tls_key;
+  return tls;
+}
+}  // namespace
+
+PeerClient::PeerClient(const P2pConfig& config)
+    : config_(config),
+      peer_scheme_(config.tls_cert.empty() ? "http://" : "https://"),
+      peers_(peer_tls_options(config)),
+      origin_({}) {}
 
 backend::HttpRequest PeerClient::peer_request(const std::string& peer, const BlobLocation& blob,
                                               const char* method) const {
   backend::HttpRequest req;
   req.method = method;
-  req.url = "http://" + peer + blob.path();
+  req.url = peer_scheme_ + peer + blob.path();
   req.headers.push_back("X-Dragonfly-Registry: " + blob.registry);
   if (!blob.authorization.empty()) req.headers.push_back("Authorization: " + blob.authorization);
   req.connect_timeout = milliseconds(config_.peer_timeout_ms);
@@ -121,7 +136,7 @@ Result<uint64_t> PeerClient::fetch_size(const std::string& peer, const BlobLocat
 
 bool PeerClient::ping(const std::string& peer) {
   backend::HttpRequest req;
-  req.url = "http://" + peer + "/server/ping";
+  req.url = peer_scheme_ + peer + "/server/ping";
   req.connect_timeout = milliseconds(config_.peer_timeout_ms);
   req.timeout = milliseconds(std::max<uint32_t>(config_.peer_timeout_ms * 5, 500));
   auto res = peers_.perform(req);
@@ -235,7 +250,7 @@ Result<backend::HttpResponse> PeerClient::forward_via(const std::string& peer, c
                                                      std::vector<std::string> headers) {
   backend::HttpRequest req;
   req.method = method;
-  req.url = "http://" + peer + path_query;
+  req.url = peer_scheme_ + peer + path_query;
   req.headers = std::move(headers);
   req.headers.push_back("X-Dragonfly-Registry: " + origin);
   req.headers.push_back(std::string(kViaPeerHeader) + ": 1");

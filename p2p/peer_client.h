@@ -100,6 +100,7 @@ class PeerClient {
                                                std::string* url);
 
   const P2pConfig config_;
+  const std::string peer_scheme_;  // "https://" with mutual TLS, else "http://"
   std::string self_;
   const PeerAuth* auth_ = nullptr;
   backend::HttpClient peers_;

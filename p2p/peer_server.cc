@@ -21,6 +21,7 @@
 #include "p2p/membership.h"
 #include "p2p/p2p_node.h"
 #include "p2p/peer_auth.h"
+#include "p2p/peer_tls.h"
 #include "p2p/rate_limiter.h"
 
 namespace nydus::p2p {
@@ -297,12 +298,16 @@ struct PeerServer::Impl {
   }
 
   // 401 with the reason; counted; logged once per client address and reason.
-  MHD_Result refuse_unauthenticated(MHD_Connection* conn, AuthVerdict verdict) {
+  MHD_Result refuse_unauthenticated(MHD_Connection* conn, AuthVerdict verdict, const std::string& detail = "") {
     P2pMetrics& m = node.metrics();
     switch (verdict) {
       case AuthVerdict::kMissing: m.refused_unsigned.fetch_add(1, std::memory_order_relaxed); break;
       case AuthVerdict::kStale: m.refused_stale.fetch_add(1, std::memory_order_relaxed); break;
       case AuthVerdict::kReplayed: m.refused_replayed.fetch_add(1, std::memory_order_relaxed); break;
+      case AuthVerdict::kNoCertificate: m.refused_no_certificate.fetch_add(1, std::memory_order_relaxed); break;
+      case AuthVerdict::kUntrustedCertificate:
+        m.refused_untrusted_certificate.fetch_add(1, std::memory_order_relaxed);
+        break;
       default: m.refused_bad_signature.fetch_add(1, std::memory_order_relaxed); break;
     }
     const std::string client = client_address(conn);
@@ -312,8 +317,8 @@ struct PeerServer::Impl {
       if (refusals_logged.size() < 4096) first = refusals_logged.emplace(client, verdict).second;
     }
     if (first)
-      LOG_WARN("p2p: refusing requests from %s: %s (logged once per address and reason; see the refused_* metrics)",
-               client.c_str(), auth_verdict_name(verdict));
+      LOG_WARN("p2p: refusing requests from %s: %s%s%s (logged once per address and reason; see the refused_* "
+               "metrics)", client.c_str(), auth_verdict_name(verdict), detail.empty() ? "" : ": ", detail.c_str());
     std::string body = std::string("peer request refused: ") + auth_verdict_name(verdict) + "\n";
     MHD_Response* r =
         MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
@@ -345,6 +350,14 @@ struct PeerServer::Impl {
     if (method != "GET" && !head) return refuse(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
     if (path == "/server/ping" || path == "/healthy") return text(conn, MHD_HTTP_OK, "");
     if (role == Role::kHealth) return text(conn, MHD_HTTP_NOT_FOUND, "this port answers /server/ping only\n");
+    if (role == Role::kPeers && node.tls()) {
+      const MHD_ConnectionInfo* info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+      std::string why = "no TLS session";
+      const AuthVerdict verdict = info && info->tls_session
+                                      ? node.tls()->verify_client(static_cast<gnutls_session_t>(info->tls_session), &why)
+                                      : AuthVerdict::kNoCertificate;
+      if (verdict != AuthVerdict::kOk) return refuse_unauthenticated(conn, verdict, why);
+    }
     if (role == Role::kPeers && node.auth()) {
       const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
       const AuthVerdict verdict = node.auth()->verify(
@@ -772,7 +785,21 @@ Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node, Role role) 
   }
   (void)addr_len;
   auto impl = std::make_unique<Impl>(node, role);
+  // Mutual TLS on the peer port: the server certificate from PeerTls at
+  // each handshake; the trust list makes libmicrohttpd ask the client for
+  // its certificate, which handle() checks (PeerTls::verify_client).
+  PeerTls* tls = role == Role::kPeers ? node.tls() : nullptr;
+  if (tls && MHD_is_feature_supported(MHD_FEATURE_HTTPS_CERT_CALLBACK) != MHD_YES)
+    return Status::unsupported(field + ": this libmicrohttpd has no TLS certificate callback; mutual TLS is unavailable");
+  MHD_OptionItem tls_options[] = {{MHD_OPTION_END, 0, nullptr}, {MHD_OPTION_END, 0, nullptr},
+                                  {MHD_OPTION_END, 0, nullptr}};
+  if (tls) {
+    flags |= MHD_USE_TLS;
+    tls_options[0] = {MHD_OPTION_HTTPS_CERT_CALLBACK, 0, reinterpret_cast<void*>(tls->install())};
+    tls_options[1] = {MHD_OPTION_HTTPS_MEM_TRUST, 0, const_cast<char*>(tls->ca_pem_at_start().c_str())};
+  }
   impl->mhd = MHD_start_daemon(flags, hp.second, nullptr, nullptr, &Impl::on_access, impl.get(),
+                               MHD_OPTION_ARRAY, tls_options,
                                MHD_OPTION_EXTERNAL_LOGGER, &mhd_logger, nullptr,
                                MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&addr),
                                MHD_OPTION_CONNECTION_LIMIT, static_cast<unsigned>(node.config().upload_connections),
@@ -784,7 +811,7 @@ Result<std::unique_ptr<PeerServer>> PeerServer::start(P2pNode& node, Role role) 
   const MHD_DaemonInfo* info = MHD_get_daemon_info(impl->mhd, MHD_DAEMON_INFO_BIND_PORT);
   impl->port = info ? info->port : hp.second;
   if (role == Role::kPeers)
-    LOG_INFO("p2p: peer server listening on %s (%s)", listen.c_str(),
+    LOG_INFO("p2p: peer server listening on %s (%s%s)", listen.c_str(), tls ? "mutual TLS, " : "",
              node.auth() ? "signed requests only" : "unsigned requests accepted");
   else if (role == Role::kMirror)
     LOG_INFO("p2p: mirror endpoint for clients on this node listening on %s", listen.c_str());

@@ -32,7 +32,9 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
           p2p_extra=None, image=None, repo="p2p/test", basic_auth=None, token_server=None)
       .registry_ip, .registry_host ("ip:5000"), .host_ip, .subnet, .repo,
       .image, .nodes, .extra_peers, .secret / .secret_path (every node's
-      p2p.secret_file: peer requests are signed)
+      p2p.secret_file: peer requests are signed, unless signed=False)
+      tls=True: .pki (PeerPki), every node has p2p.tls_cert/tls_key/tls_ca
+      (Node.tls_files()): the peer port speaks mutual TLS
       peer_auth(method, path, range_value="", t=None, nonce=None, secret=None)
                                          an X-Nydus-P2P-Auth value, computed in Python
       add_node() -> Node                 (namespace only; Node.start() runs nydusd)
@@ -76,9 +78,11 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import datetime
 import errno
 import hashlib
 import hmac
+import ipaddress
 import http.client
 import json
 import os
@@ -706,7 +710,8 @@ class Node:
             p2p = {
                 "listen": self.address,
                 "advertise": self.address,
-                "secret_file": str(c.secret_path),
+                **({"secret_file": str(c.secret_path)} if c.signed else {}),
+                **(self.tls_config() if c.pki else {}),
                 "store_dir": str(self.store_dir),
                 "store_size": 1 << 30,
                 "unit_size": 1 << 20,
@@ -723,6 +728,17 @@ class Node:
             p2p.update(self.p2p_extra)
             config["p2p"] = p2p
         return config
+
+    def tls_files(self):
+        """(certificate, key) of this node, issued by the cluster CA (with tls=True)."""
+        cert, key = self.dir / "peer.crt", self.dir / "peer.key"
+        if not cert.exists():
+            self.cluster.pki.issue(f"node{self.index}", self.ip, cert, key)
+        return cert, key
+
+    def tls_config(self):
+        cert, key = self.tls_files()
+        return {"tls_cert": str(cert), "tls_key": str(key), "tls_ca": str(self.cluster.pki.ca_path)}
 
     # lifecycle
 
@@ -1126,12 +1142,65 @@ def StallingPeer(cluster):
 # Cluster
 
 
+class PeerPki:
+    """A CA of its own and certificates it issues for the peer port's mutual
+    TLS: EC P-256 keys, both TLS client and server use, the node's IP as
+    subject alternative name (the daemon checks the chain only; curl, used
+    by the tests, checks the name too)."""
+
+    def __init__(self, directory, name):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+        self._x509, self._hashes, self._ser, self._ec = x509, hashes, serialization, ec
+        self._eku, self._oid = ExtendedKeyUsageOID, NameOID
+        self.dir = pathlib.Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.cert = self._build(name, self.key.public_key(), None, is_ca=True)
+        self.ca_path = self.dir / "ca.crt"
+        self.ca_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def _build(self, name, public_key, ip, is_ca=False):
+        x509 = self._x509
+        now = datetime.datetime.now(datetime.timezone.utc)
+        subject = x509.Name([x509.NameAttribute(self._oid.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject)
+                   .issuer_name(subject if is_ca else self.cert.subject)
+                   .public_key(public_key).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=7))
+                   .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True))
+        if not is_ca:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([self._eku.SERVER_AUTH, self._eku.CLIENT_AUTH]), critical=False)
+            if ip:
+                builder = builder.add_extension(
+                    x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+        return builder.sign(self.key, self._hashes.SHA256())
+
+    def issue(self, name, ip, cert_path, key_path):
+        """Writes a certificate for `name` at `ip` and its key (PEM); returns the paths."""
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        cert = self._build(name, key.public_key(), ip)
+        pathlib.Path(key_path).write_bytes(key.private_bytes(self._ser.Encoding.PEM,
+                                                             self._ser.PrivateFormat.PKCS8,
+                                                             self._ser.NoEncryption()))
+        pathlib.Path(cert_path).write_bytes(cert.public_bytes(self._ser.Encoding.PEM))
+        return pathlib.Path(cert_path), pathlib.Path(key_path)
+
+
 class Cluster:
     """A registry behind a shaped link and nodes on a bridge. See the module docstring."""
 
     def __init__(self, nodes=0, rate="100mbit", node_rate=None, p2p=True, peers="static", p2p_extra=None,
-                 image=None, repo="p2p/test", image_seed=1, basic_auth=None, token_server=None):
+                 image=None, repo="p2p/test", image_seed=1, basic_auth=None, token_server=None, signed=True,
+                 tls=False):
         require_cluster_tools()
+        # The peer port's guards: signed requests (p2p.secret_file) and/or
+        # mutual TLS with a cluster CA made here (self.pki, PeerPki).
+        self.signed = signed
         # (user, password): the registry wants htpasswd Basic auth for
         # everything (a private repository); nodes get it as backend `auth`.
         self.basic_auth = basic_auth
@@ -1162,6 +1231,7 @@ class Cluster:
         self.secret = secrets.token_hex(32)
         self.secret_path = self.dir / "p2p-secret"
         self.secret_path.write_text(self.secret + "\n")
+        self.pki = PeerPki(self.dir / "pki", "np2p cluster CA") if tls else None
         a, b = _pick_subnet(int(self.run.split("-")[1], 36))
         self._net = (a, b)
         self.subnet = f"10.{a}.{b}.0/24"

@@ -709,6 +709,97 @@ def test_p2p_peer_port_answers_signed_requests_only():
         assert r.stdout == b"200", r
 
 
+def test_p2p_peer_port_with_mutual_tls():
+    """Issue 12, the other guard: every node has a certificate of the
+    cluster CA (p2p.tls_cert/tls_key/tls_ca) and no secret. The cluster
+    reads over HTTPS as it does over HTTP (one pull from the origin, no peer
+    failure). curl from node B's namespace to A's peer port: a client
+    certificate of another CA (twice) and none at all get 401, counted
+    under their reasons and logged once per address and reason; plain HTTP
+    gets no answer; B's own certificate gets the bytes. Then the files
+    change under the running daemon (checked once a second): with the other
+    CA added to the bundle, its certificate is served; A's new server
+    certificate, issued by the other CA, is what a client then sees."""
+    with ph.Cluster(nodes=2, signed=False, tls=True) as c:
+        a, b = c.start_nodes()
+        before = c.origin_bytes()
+        a.read_all()
+        b.read_all()
+        assert_origin_within(c, before, COLD_FACTOR, "two nodes over mutual TLS")
+        mb, ma = b.metrics()["p2p"], a.metrics()["p2p"]
+        assert mb["peer_requests"] > 0 and mb["peer_failures"] == 0 and ma["upload_bytes"] > 0, (ma, mb)
+        assert any("mutual TLS" in line for line in a.p2p_log_lines()), a.p2p_log_lines()[-10:]
+
+        blob = c.image.blob_path.read_bytes()
+        path = f"/v2/{c.repo}/blobs/sha256:{c.image.digest}"
+        foreign = ph.PeerPki(c.dir / "foreign-pki", "another CA")
+        intruder = foreign.issue("intruder", b.ip, c.dir / "intruder.crt", c.dir / "intruder.key")
+        mine = b.tls_files()
+
+        def get(*args, scheme="https", cacert=c.pki.ca_path):
+            r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "-", "-w", "\n%{http_code}",
+                                "--max-time", "10", "--cacert", str(cacert), "-r", "0-4095",
+                                "-H", f"X-Dragonfly-Registry: {c.registry_url}", *map(str, args),
+                                f"{scheme}://{a.address}{path}"], capture_output=True, timeout=30)
+            body, _, code = r.stdout.rpartition(b"\n")
+            return int(code or 0), body
+
+        since = time.time()
+        for args in (("--cert", intruder[0], "--key", intruder[1]),) * 2 + ((),):
+            code, body = get(*args)
+            assert code == 401 and blob[:4096] not in body, (args, code, body[:200])
+        code, body = get(scheme="http")
+        assert code != 206 and blob[:4096] not in body, (code, body[:200])
+        code, body = get("--cert", mine[0], "--key", mine[1])
+        assert code == 206 and body == blob[:4096], (code, body[:200])
+        m = a.metrics()["p2p"]
+        assert m["refused_untrusted_certificate"] == 2 and m["refused_no_certificate"] == 1, m
+        refusals = [line for line in a.p2p_log_lines(since=since) if "refusing requests from" in line]
+        assert len(refusals) == 2, refusals  # one per reason, not one per request
+        assert any("untrusted_client_certificate" in line for line in refusals), refusals
+
+        # Rotation, files changed under the running daemon.
+        c.pki.ca_path.write_bytes(c.pki.ca_path.read_bytes() + foreign.ca_path.read_bytes())
+        deadline = time.monotonic() + 5
+        while (code := get("--cert", intruder[0], "--key", intruder[1])[0]) != 206 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert code == 206, "the CA bundle was not read again"
+        cert, key = a.tls_files()
+        foreign.issue("node0 reissued", a.ip, cert, key)
+        deadline = time.monotonic() + 5
+        while (code := get("--cert", mine[0], "--key", mine[1], cacert=foreign.ca_path)[0]) != 206 and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert code == 206, "A's new server certificate is not in use"
+
+
+def test_p2p_bad_tls_files_stop_the_daemon_naming_the_field():
+    """Untrusted config: TLS files that cannot work (a key of another
+    certificate, a certificate of another CA, a CA file without a
+    certificate, a missing file) stop nydusd at start with an error naming
+    the field and what is wrong, rather than a peer port nobody can use."""
+    with ph.Cluster(nodes=1, signed=False, tls=True) as c:
+        (a,) = c.nodes
+        a.tls_files()
+        _, other_key = c.pki.issue("other", a.ip, c.dir / "other.crt", c.dir / "other.key")
+        foreign = ph.PeerPki(c.dir / "foreign-pki", "another CA")
+        foreign_cert, foreign_key = foreign.issue("stranger", a.ip, c.dir / "stranger.crt", c.dir / "stranger.key")
+        garbage = c.dir / "garbage.pem"
+        garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+        cases = [
+            ("tls_key", {"tls_key": str(other_key)}, "does not match the certificate"),
+            ("tls_cert", {"tls_cert": str(foreign_cert), "tls_key": str(foreign_key)}, "not a TLS client and server"),
+            ("tls_ca", {"tls_ca": str(garbage)}, "no PEM certificate"),
+            ("tls_cert", {"tls_cert": str(c.dir / "missing.crt")}, "cannot be read"),
+        ]
+        for field, override, words in cases:
+            a.p2p_extra = override
+            with pytest.raises(AssertionError) as failed:
+                a.start(wait=10)
+            text = str(failed.value)
+            assert f"p2p.{field}" in text and words in text, (field, text[-1500:])
+
+
 def test_p2p_nodes_with_another_secret_get_nothing_from_the_cluster():
     """A node whose secret differs from the cluster's: the cluster refuses
     its requests (counted), it still reads every file byte-exact (from the

@@ -884,6 +884,8 @@ TEST_CASE("parse_p2p_object: errors name the field", "[p2p][config]") {
       {"upload_rate", "fast"},
       {"upload_rate_per_peer", -1},
       {"max_uploads", 65537},
+      {"tls_cert", 1},
+      {"tls_ca", json::array()},
   };
   for (const auto& tc : cases) {
     json o = base;
@@ -893,6 +895,30 @@ TEST_CASE("parse_p2p_object: errors name the field", "[p2p][config]") {
     REQUIRE_FALSE(c.ok());
     CHECK(c.status().code() == Code::kInvalidInput);
     CHECK(c.status().message().find("p2p." + tc.field) != std::string::npos);
+  }
+
+  // Mutual TLS: all three files or none; with them, no secret is needed
+  // to listen beyond loopback.
+  const json no_guard = {{"peers", {"10.0.0.1:65002"}}, {"listen", "0.0.0.0:65002"}, {"mirror_listen", ""}};
+  auto unguarded = nydus::daemon::parse_p2p_object(no_guard);
+  REQUIRE_FALSE(unguarded.ok());
+  CHECK(unguarded.status().message().find("p2p.tls_cert") != std::string::npos);
+  json tls = no_guard;
+  tls["tls_cert"] = "/etc/p2p/tls.crt";
+  tls["tls_key"] = "/etc/p2p/tls.key";
+  tls["tls_ca"] = "/etc/p2p/ca.crt";
+  auto with_tls = nydus::daemon::parse_p2p_object(tls);
+  REQUIRE(with_tls.ok());
+  CHECK(with_tls->tls_cert == "/etc/p2p/tls.crt");
+  CHECK(with_tls->tls_key == "/etc/p2p/tls.key");
+  CHECK(with_tls->tls_ca == "/etc/p2p/ca.crt");
+  for (const char* missing : {"tls_cert", "tls_key", "tls_ca"}) {
+    json partial = tls;
+    partial.erase(missing);
+    auto c = nydus::daemon::parse_p2p_object(partial);
+    INFO(missing);
+    REQUIRE_FALSE(c.ok());
+    CHECK(c.status().message().find(std::string("p2p.") + missing) != std::string::npos);
   }
 
   // A unit that is a multiple of a non-default granule.
