@@ -229,8 +229,14 @@ int run(const CommandLine& cl) {
     return fn(*session);
   };
   DaemonStateMachine::Actions actions;
-  actions.start_service = [&] { return with_session([](FuseSession& s) { return s.start(); }); };
+  // RUNNING is what the health port's /ready reports (P2pRuntime).
+  actions.start_service = [&] {
+    Status s = with_session([](FuseSession& fuse) { return fuse.start(); });
+    if (s.ok()) P2pRuntime::set_daemon_serving(true);
+    return s;
+  };
   actions.terminate_service = [&] {
+    P2pRuntime::set_daemon_serving(false);
     return with_session([](FuseSession& s) {
       s.stop();
       return Status::Ok();
@@ -333,6 +339,13 @@ int run(const CommandLine& cl) {
     if (s.ok())
       s = api->add_route("GET", "/api/v1/metrics/prometheus", BodyRule::kNone,
                          [&service](const ApiRequest&) { return ApiResponse::prometheus(service.prometheus()); });
+    // Ours, not upstream's: a Kubernetes preStop hook drains the P2P node
+    // (it leaves rendezvous) before the pod's cache goes away.
+    if (s.ok())
+      s = api->add_route("PUT", "/api/v1/p2p/drain", BodyRule::kNone, [](const ApiRequest&) {
+        P2pRuntime::drain();
+        return ApiResponse::no_content();
+      });
     if (s.ok()) s = api->start();
     if (!s.ok()) {
       LOG_ERROR("admin API on %s not available: %s", cl.apisock.c_str(), s.message().c_str());
@@ -352,6 +365,10 @@ int run(const CommandLine& cl) {
     return session && session->connection_lost();
   });
   if (cause == ShutdownCause::kConnectionLost) LOG_INFO("the FUSE connection ended (unmounted); exiting");
+  // Peers first: askers move on to the next owners while this mount still
+  // serves, then the uploads in flight finish (p2p.drain_timeout_ms).
+  P2pRuntime::set_daemon_serving(false);
+  P2pRuntime::drain();
   if (Status s = state.trigger_stop(); !s.ok()) LOG_WARN("stopping: %s", s.message().c_str());
   if (api) api->stop();
   {

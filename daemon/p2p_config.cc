@@ -121,6 +121,7 @@ Result<p2p::P2pConfig> parse_p2p_object(const json& o) {
   NYDUS_TRY(read_size(o, "upload_rate", &c.upload_rate));
   NYDUS_TRY(read_size(o, "upload_rate_per_peer", &c.upload_rate_per_peer));
   NYDUS_TRY(read_u32(o, "max_uploads", 0, 65536, &c.max_uploads));
+  NYDUS_TRY(read_u32(o, "drain_timeout_ms", 0, 600000, &c.drain_timeout_ms));
   NYDUS_TRY(read_u32(o, "spread_uploads", 0, 65536, &c.spread_uploads));
   if (!is_power_of_two(c.granule_size)) return bad("granule_size", "must be a power of two");
   if (c.unit_size < c.granule_size || c.unit_size % c.granule_size != 0 || c.unit_size > (1ull << 30))

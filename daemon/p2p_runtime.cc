@@ -14,6 +14,8 @@ namespace {
 
 constexpr const char* kDefaultStoreDir = "/var/lib/nydus/p2p";
 
+std::atomic<bool> g_daemon_serving{false};
+
 struct Runtime {
   std::mutex mu;
   std::optional<p2p::P2pConfig> daemon_config;
@@ -33,7 +35,9 @@ bool same_settings(const p2p::P2pConfig& a, const p2p::P2pConfig& b) {
 
 Status start_locked(Runtime& r, p2p::P2pConfig config, const std::string& work_dir) {
   if (config.store_dir.empty()) config.store_dir = work_dir.empty() ? kDefaultStoreDir : work_dir + "/p2p";
-  NYDUS_ASSIGN(r.node, p2p::P2pNode::start(config));
+  NYDUS_ASSIGN(r.node, p2p::P2pNode::start(config, []() -> std::string {
+                 return g_daemon_serving.load(std::memory_order_acquire) ? "" : "the daemon is not RUNNING";
+               }));
   LOG_INFO("p2p: node %s started (store %s, %llu MiB; unit %llu KiB; %s)", r.node->self().c_str(),
            config.store_dir.c_str(), static_cast<unsigned long long>(config.store_size >> 20),
            static_cast<unsigned long long>(config.unit_size >> 10),
@@ -95,6 +99,16 @@ p2p::P2pNode* P2pRuntime::node() {
   return r.node.get();
 }
 
+void P2pRuntime::set_daemon_serving(bool serving) { g_daemon_serving.store(serving, std::memory_order_release); }
+
+void P2pRuntime::drain() {
+  // Not under the runtime's lock: draining waits for uploads, and nothing
+  // else may wait behind it. The node lives until shutdown(), which runs
+  // after every caller of drain() (main, the API thread, stopped first).
+  p2p::P2pNode* n = node();
+  if (n) n->drain();
+}
+
 void P2pRuntime::shutdown() {
   std::unique_ptr<p2p::P2pNode> node;
   {
@@ -146,6 +160,8 @@ constexpr P2pCounter kP2pCounters[] = {
      &p2p::P2pMetrics::refused_access},
     {"refused_busy", "Data requests refused with 503: max_uploads responses in flight.",
      &p2p::P2pMetrics::refused_busy},
+    {"refused_draining", "Peer requests refused with 503 while the node drained.",
+     &p2p::P2pMetrics::refused_draining},
     {"requests_from_peers", "Requests from other nodes.", &p2p::P2pMetrics::requests_from_peers},
     {"requests_from_nydusd", "Requests from stock nydusd (User-Agent).", &p2p::P2pMetrics::requests_from_nydusd},
     {"requests_from_containerd", "Requests from containerd (User-Agent).",

@@ -55,6 +55,12 @@ class P2pRuntime {
                                                             backend::BackendMetrics* metrics);
   // The running node, or nullptr.
   static p2p::P2pNode* node();
+  // Whether the daemon is RUNNING, set by main; the health port's /ready
+  // answers 503 until it is (and again once the daemon stops).
+  static void set_daemon_serving(bool serving);
+  // Drains the node when one runs (SIGTERM, PUT /api/v1/p2p/drain): see
+  // P2pNode::drain(). Returns when drained or after drain_timeout_ms.
+  static void drain();
   // Stops the node (at exit, after every instance is gone).
   static void shutdown();
   // Counters as a JSON object / Prometheus text / exit log lines ("" or

@@ -56,6 +56,10 @@ struct P2pConfig {
   uint64_t upload_rate = 0;
   uint64_t upload_rate_per_peer = 0;
   uint32_t max_uploads = 0;
+  // On SIGTERM (or PUT /api/v1/p2p/drain) the node stops taking new peer
+  // data requests (503, askers go to the next owner), answers /ready with
+  // 503, and waits this long for uploads in flight before the daemon exits.
+  uint32_t drain_timeout_ms = 10000;
 };
 
 }  // namespace nydus::p2p

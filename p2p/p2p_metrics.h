@@ -50,6 +50,7 @@ class P2pMetrics {
   std::atomic<uint64_t> refused_untrusted_certificate{0};  // ... one not of the cluster CA
   std::atomic<uint64_t> refused_access{0};  // mirror clients the origin would not serve the blob
   std::atomic<uint64_t> refused_busy{0};    // data requests past max_uploads (503)
+  std::atomic<uint64_t> refused_draining{0};  // peer requests while draining (503)
   // Requests by client kind (both endpoints).
   std::atomic<uint64_t> requests_from_peers{0};
   std::atomic<uint64_t> requests_from_nydusd{0};

@@ -76,11 +76,12 @@ P2pNode::~P2pNode() {
   membership_.reset();
 }
 
-Result<std::unique_ptr<P2pNode>> P2pNode::start(const P2pConfig& config) {
+Result<std::unique_ptr<P2pNode>> P2pNode::start(const P2pConfig& config, std::function<std::string()> not_ready) {
   if (config.unit_size == 0 || config.unit_size % config.granule_size != 0)
     return Status::invalid("p2p.unit_size must be a positive multiple of p2p.granule_size (" +
                            std::to_string(config.granule_size) + ")");
   std::unique_ptr<P2pNode> node(new P2pNode(config));
+  node->daemon_not_ready_ = std::move(not_ready);
   NYDUS_ASSIGN(node->store_,
                PieceStore::open({config.store_dir, config.store_size, config.granule_size}));
   if (!config.secret_file.empty()) {
@@ -171,6 +172,26 @@ Result<uint64_t> P2pNode::size_from_owners(const BlobLocation& loc) {
     if (last.ok() || last.status().code() == Code::kNotFound) return last;
   }
   return last;
+}
+
+void P2pNode::drain() {
+  if (draining_.exchange(true, std::memory_order_acq_rel)) return;
+  const auto start = std::chrono::steady_clock::now();
+  LOG_INFO("p2p: draining: new peer requests get 503, waiting up to %u ms for uploads in flight",
+           config_.drain_timeout_ms);
+  const uint32_t left = upload_slots_.wait_idle(start + std::chrono::milliseconds(config_.drain_timeout_ms));
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  if (left == 0)
+    LOG_INFO("p2p: drained in %lld ms", static_cast<long long>(took.count()));
+  else
+    LOG_WARN("p2p: %u uploads still in flight after %lld ms; they will be cut", left,
+             static_cast<long long>(took.count()));
+}
+
+std::string P2pNode::not_ready() const {
+  if (draining()) return "draining";
+  if (daemon_not_ready_) return daemon_not_ready_();
+  return "";
 }
 
 void P2pNode::submit(std::function<void()> task) { pool_->submit(std::move(task)); }

@@ -37,7 +37,10 @@ class FetchPool;
 
 class P2pNode {
  public:
-  static Result<std::unique_ptr<P2pNode>> start(const P2pConfig& config);
+  // `not_ready` (optional) says why the daemon around the node is not
+  // ready to serve ("" when it is); /ready on the health port asks it.
+  static Result<std::unique_ptr<P2pNode>> start(const P2pConfig& config,
+                                               std::function<std::string()> not_ready = nullptr);
   ~P2pNode();
 
   const P2pConfig& config() const { return config_; }
@@ -100,6 +103,15 @@ class P2pNode {
   // at hand.
   Result<uint64_t> size_from_owners(const BlobLocation& loc);
 
+  // Leaves the cluster gracefully: new peer data requests get 503 (askers
+  // go to the next owner and leave this node out), /ready answers 503,
+  // and this waits up to drain_timeout_ms for uploads in flight. Idempotent;
+  // the node keeps reading for its own instances meanwhile.
+  void drain();
+  bool draining() const { return draining_.load(std::memory_order_acquire); }
+  // "" when the node is ready to serve peers, else why not.
+  std::string not_ready() const;
+
   // Runs `task` on a fetch worker (origin fetches that feed streaming
   // uploads). Tasks still queued at shutdown are dropped; running ones end
   // within their HTTP deadlines.
@@ -110,6 +122,8 @@ class P2pNode {
   std::chrono::milliseconds previous_owner_window() const;
 
   const P2pConfig config_;
+  std::function<std::string()> daemon_not_ready_;  // set before the servers start
+  std::atomic<bool> draining_{false};
   P2pMetrics metrics_;
   UploadLimits upload_limits_;
   UploadSlots upload_slots_;

@@ -349,7 +349,18 @@ struct PeerServer::Impl {
     const bool head = method == "HEAD";
     if (method != "GET" && !head) return refuse(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
     if (path == "/server/ping" || path == "/healthy") return text(conn, MHD_HTTP_OK, "");
-    if (role == Role::kHealth) return text(conn, MHD_HTTP_NOT_FOUND, "this port answers /server/ping only\n");
+    if (path == "/ready") {
+      // Readiness (a Kubernetes probe): the daemon serves and this node is
+      // not leaving; the servers are listening, or this would not answer.
+      const std::string why = node.not_ready();
+      return why.empty() ? text(conn, MHD_HTTP_OK, "") : text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, why + "\n");
+    }
+    if (role == Role::kHealth)
+      return text(conn, MHD_HTTP_NOT_FOUND, "this port answers /server/ping, /healthy and /ready only\n");
+    if (role == Role::kPeers && node.draining()) {
+      node.metrics().refused_draining.fetch_add(1, std::memory_order_relaxed);
+      return refuse(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "this node is draining; ask the next owner");
+    }
     if (role == Role::kPeers && node.tls()) {
       const MHD_ConnectionInfo* info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
       std::string why = "no TLS session";

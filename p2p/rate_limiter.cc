@@ -36,19 +36,24 @@ bool UploadLimits::take(const std::string& client, uint64_t n, Clock::time_point
 }
 
 bool UploadSlots::claim(bool low_priority) {
-  if (cap_ == 0) return true;
   std::lock_guard<std::mutex> g(mu_);
-  if ((low_priority ? all_ : demand_) >= cap_) return false;
+  if (cap_ != 0 && (low_priority ? all_ : demand_) >= cap_) return false;
   ++all_;
   if (!low_priority) ++demand_;
   return true;
 }
 
 void UploadSlots::release(bool low_priority) {
-  if (cap_ == 0) return;
   std::lock_guard<std::mutex> g(mu_);
   if (all_ > 0) --all_;
   if (!low_priority && demand_ > 0) --demand_;
+  if (all_ == 0) idle_.notify_all();
+}
+
+uint32_t UploadSlots::wait_idle(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  idle_.wait_until(lock, deadline, [&] { return all_ == 0; });
+  return all_;
 }
 
 }  // namespace nydus::p2p

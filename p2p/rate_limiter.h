@@ -19,6 +19,7 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -60,17 +61,22 @@ class UploadLimits {
 // max_uploads: data responses in flight at once (0 = no cap). A
 // low-priority response counts against the cap with all the others; an
 // on-demand one is refused only when on-demand responses alone fill it, so
-// prefetch and whole-blob pulls never lock out a waiting reader.
+// prefetch and whole-blob pulls never lock out a waiting reader. Responses
+// are counted with or without a cap, so a draining node can wait for them.
 class UploadSlots {
  public:
   explicit UploadSlots(uint32_t cap) : cap_(cap) {}
   // True: one slot held until release(low_priority).
   bool claim(bool low_priority);
   void release(bool low_priority);
+  // Blocks until no response is in flight or `deadline` passes; returns
+  // how many still are.
+  uint32_t wait_idle(std::chrono::steady_clock::time_point deadline);
 
  private:
   const uint32_t cap_;
   std::mutex mu_;
+  std::condition_variable idle_;  // notified when all_ drops to 0
   uint32_t all_ = 0;     // guarded by mu_
   uint32_t demand_ = 0;  // guarded by mu_
 };

@@ -21,6 +21,7 @@ import concurrent.futures
 import hashlib
 import http.server
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -417,6 +418,50 @@ def test_p2p_upload_rate_limits_hold():
             for low in lows:
                 low.kill()
                 low.wait()
+
+
+def test_p2p_sigterm_drains_the_node_and_ready_follows_it():
+    """Issue 14, what a Kubernetes pod's end needs: /ready on the health
+    port answers 200 while the daemon runs; on SIGTERM the node drains: /ready
+    answers 503, a new peer request gets 503 (an asker moves on to the next
+    owner), an upload already in flight (paced to take about 2 s) finishes
+    byte-exact, and then nydusd exits 0."""
+    rate = 2 << 20
+    with ph.Cluster(nodes=2, p2p_extra={"upload_rate_per_peer": rate, "drain_timeout_ms": 8000}) as c:
+        a, b = c.start_nodes()
+        a.read_all()
+        blob = c.image.blob_path.read_bytes()
+        path = f"/v2/{c.repo}/blobs/sha256:{c.image.digest}"
+
+        def ready():
+            r = subprocess.run(["ip", "netns", "exec", a.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                "http://127.0.0.1:40901/ready"], capture_output=True, text=True, timeout=10)
+            return r.stdout
+
+        def peer_get(first, last):
+            rng = f"bytes={first}-{last}"
+            r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "-", "-w", "\n%{http_code}",
+                                "-H", f"Range: {rng}", "-H", f"X-Dragonfly-Registry: {c.registry_url}", "-H",
+                                f"{ph.PEER_AUTH_HEADER}: {c.peer_auth('GET', path, rng)}", f"http://{a.address}{path}"],
+                               capture_output=True, timeout=60)
+            body, _, code = r.stdout.rpartition(b"\n")
+            return int(code or 0), body
+
+        assert ready() == "200"
+        last = 2 * rate - 1
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(peer_get, 0, last)
+            time.sleep(0.5)
+            a.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert a.running, "nydusd exited before its upload in flight finished"
+            assert ready() == "503"
+            code, _ = peer_get(0, 4095)
+            assert code == 503, code
+            code, body = in_flight.result()
+        assert code == 206 and body == blob[:last + 1], (code, len(body))
+        assert a.proc.wait(timeout=20) == 0, a.log()[-2000:]
+        assert any("drained in" in line for line in a.p2p_log_lines()), a.p2p_log_lines()[-10:]
 
 
 def test_p2p_stalling_peer():
