@@ -325,6 +325,13 @@ int run(const CommandLine& cl) {
     }
   }
 
+  // The health port serves the daemon's metrics while `service` lives; the
+  // P2P node outlives run(), so the source is cleared on every way out.
+  P2pRuntime::set_prometheus_source([&service] { return service.prometheus(); });
+  struct ClearPrometheusSource {
+    ~ClearPrometheusSource() { P2pRuntime::set_prometheus_source(nullptr); }
+  } clear_prometheus_source;
+
   // The admin API (§1): the socket appears once the daemon is RUNNING, or
   // in INIT when it waits for a takeover.
   std::unique_ptr<ApiServer> api;

@@ -15,6 +15,8 @@ namespace {
 constexpr const char* kDefaultStoreDir = "/var/lib/nydus/p2p";
 
 std::atomic<bool> g_daemon_serving{false};
+std::mutex g_prometheus_mu;
+std::function<std::string()> g_prometheus;  // guarded by g_prometheus_mu
 
 struct Runtime {
   std::mutex mu;
@@ -35,9 +37,15 @@ bool same_settings(const p2p::P2pConfig& a, const p2p::P2pConfig& b) {
 
 Status start_locked(Runtime& r, p2p::P2pConfig config, const std::string& work_dir) {
   if (config.store_dir.empty()) config.store_dir = work_dir.empty() ? kDefaultStoreDir : work_dir + "/p2p";
-  NYDUS_ASSIGN(r.node, p2p::P2pNode::start(config, []() -> std::string {
-                 return g_daemon_serving.load(std::memory_order_acquire) ? "" : "the daemon is not RUNNING";
-               }));
+  p2p::P2pNode::DaemonHooks hooks;
+  hooks.not_ready = []() -> std::string {
+    return g_daemon_serving.load(std::memory_order_acquire) ? "" : "the daemon is not RUNNING";
+  };
+  hooks.prometheus = []() -> std::string {
+    std::lock_guard<std::mutex> g(g_prometheus_mu);
+    return g_prometheus ? g_prometheus() : P2pRuntime::prometheus_text();
+  };
+  NYDUS_ASSIGN(r.node, p2p::P2pNode::start(config, std::move(hooks)));
   LOG_INFO("p2p: node %s started (store %s, %llu MiB; unit %llu KiB; %s)", r.node->self().c_str(),
            config.store_dir.c_str(), static_cast<unsigned long long>(config.store_size >> 20),
            static_cast<unsigned long long>(config.unit_size >> 10),
@@ -100,6 +108,11 @@ p2p::P2pNode* P2pRuntime::node() {
 }
 
 void P2pRuntime::set_daemon_serving(bool serving) { g_daemon_serving.store(serving, std::memory_order_release); }
+
+void P2pRuntime::set_prometheus_source(std::function<std::string()> source) {
+  std::lock_guard<std::mutex> g(g_prometheus_mu);
+  g_prometheus = std::move(source);
+}
 
 void P2pRuntime::drain() {
   // Not under the runtime's lock: draining waits for uploads, and nothing

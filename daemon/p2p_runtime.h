@@ -58,6 +58,10 @@ class P2pRuntime {
   // Whether the daemon is RUNNING, set by main; the health port's /ready
   // answers 503 until it is (and again once the daemon stops).
   static void set_daemon_serving(bool serving);
+  // The daemon's whole Prometheus text, served on the health port's
+  // /metrics (a scrape target for Kubernetes); null clears it (before
+  // what it reads goes away). Without it, the P2P counters alone.
+  static void set_prometheus_source(std::function<std::string()> source);
   // Drains the node when one runs (SIGTERM, PUT /api/v1/p2p/drain): see
   // P2pNode::drain(). Returns when drained or after drain_timeout_ms.
   static void drain();

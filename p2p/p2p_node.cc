@@ -76,12 +76,12 @@ P2pNode::~P2pNode() {
   membership_.reset();
 }
 
-Result<std::unique_ptr<P2pNode>> P2pNode::start(const P2pConfig& config, std::function<std::string()> not_ready) {
+Result<std::unique_ptr<P2pNode>> P2pNode::start(const P2pConfig& config, DaemonHooks hooks) {
   if (config.unit_size == 0 || config.unit_size % config.granule_size != 0)
     return Status::invalid("p2p.unit_size must be a positive multiple of p2p.granule_size (" +
                            std::to_string(config.granule_size) + ")");
   std::unique_ptr<P2pNode> node(new P2pNode(config));
-  node->daemon_not_ready_ = std::move(not_ready);
+  node->hooks_ = std::move(hooks);
   NYDUS_ASSIGN(node->store_,
                PieceStore::open({config.store_dir, config.store_size, config.granule_size}));
   if (!config.secret_file.empty()) {
@@ -190,7 +190,7 @@ void P2pNode::drain() {
 
 std::string P2pNode::not_ready() const {
   if (draining()) return "draining";
-  if (daemon_not_ready_) return daemon_not_ready_();
+  if (hooks_.not_ready) return hooks_.not_ready();
   return "";
 }
 

@@ -37,10 +37,14 @@ class FetchPool;
 
 class P2pNode {
  public:
-  // `not_ready` (optional) says why the daemon around the node is not
-  // ready to serve ("" when it is); /ready on the health port asks it.
-  static Result<std::unique_ptr<P2pNode>> start(const P2pConfig& config,
-                                               std::function<std::string()> not_ready = nullptr);
+  // Hooks into the daemon around the node, for the health port (each may
+  // be null): why the daemon is not ready to serve ("" when it is: /ready),
+  // and the daemon's metrics in Prometheus text (/metrics).
+  struct DaemonHooks {
+    std::function<std::string()> not_ready;
+    std::function<std::string()> prometheus;
+  };
+  static Result<std::unique_ptr<P2pNode>> start(const P2pConfig& config, DaemonHooks hooks = {});
   ~P2pNode();
 
   const P2pConfig& config() const { return config_; }
@@ -111,6 +115,8 @@ class P2pNode {
   bool draining() const { return draining_.load(std::memory_order_acquire); }
   // "" when the node is ready to serve peers, else why not.
   std::string not_ready() const;
+  // The daemon's metrics in Prometheus text; "" without the hook.
+  std::string prometheus() const { return hooks_.prometheus ? hooks_.prometheus() : std::string(); }
 
   // Runs `task` on a fetch worker (origin fetches that feed streaming
   // uploads). Tasks still queued at shutdown are dropped; running ones end
@@ -122,7 +128,7 @@ class P2pNode {
   std::chrono::milliseconds previous_owner_window() const;
 
   const P2pConfig config_;
-  std::function<std::string()> daemon_not_ready_;  // set before the servers start
+  DaemonHooks hooks_;  // set before the servers start
   std::atomic<bool> draining_{false};
   P2pMetrics metrics_;
   UploadLimits upload_limits_;

@@ -355,8 +355,18 @@ struct PeerServer::Impl {
       const std::string why = node.not_ready();
       return why.empty() ? text(conn, MHD_HTTP_OK, "") : text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, why + "\n");
     }
+    if (role == Role::kHealth && path == "/metrics") {
+      const std::string body = node.prometheus();
+      MHD_Response* r =
+          MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
+      if (!r) return MHD_NO;
+      MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4");
+      MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, r);
+      MHD_destroy_response(r);
+      return ret;
+    }
     if (role == Role::kHealth)
-      return text(conn, MHD_HTTP_NOT_FOUND, "this port answers /server/ping, /healthy and /ready only\n");
+      return text(conn, MHD_HTTP_NOT_FOUND, "this port answers /server/ping, /healthy, /ready and /metrics only\n");
     if (role == Role::kPeers && node.draining()) {
       node.metrics().refused_draining.fetch_add(1, std::memory_order_relaxed);
       return refuse(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "this node is draining; ask the next owner");

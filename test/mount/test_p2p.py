@@ -421,8 +421,9 @@ def test_p2p_upload_rate_limits_hold():
 
 
 def test_p2p_sigterm_drains_the_node_and_ready_follows_it():
-    """Issue 14, what a Kubernetes pod's end needs: /ready on the health
-    port answers 200 while the daemon runs; on SIGTERM the node drains: /ready
+    """Issue 14, what a Kubernetes pod needs: /ready on the health port
+    answers 200 while the daemon runs, /metrics there has the daemon's
+    Prometheus text; on SIGTERM the node drains: /ready
     answers 503, a new peer request gets 503 (an asker moves on to the next
     owner), an upload already in flight (paced to take about 2 s) finishes
     byte-exact, and then nydusd exits 0."""
@@ -448,6 +449,11 @@ def test_p2p_sigterm_drains_the_node_and_ready_follows_it():
             return int(code or 0), body
 
         assert ready() == "200"
+        # The scrape target the DaemonSet annotates: the daemon's whole Prometheus text.
+        r = subprocess.run(["ip", "netns", "exec", a.ns, "curl", "-sS", "-f", "http://127.0.0.1:40901/metrics"],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0 and "nydusd_p2p_upload_bytes_total" in r.stdout, r
+        assert "nydusd_backend_source_" in r.stdout or "nydusd_" in r.stdout.replace("nydusd_p2p_", ""), r.stdout[:500]
         last = 2 * rate - 1
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(peer_get, 0, last)
