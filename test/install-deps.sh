@@ -19,7 +19,14 @@ packages=(
   dnsmasq-base nginx-light gnuplot-nox
   # containerd and skopeo: plain OCI images through the mirror (test_p2p.py)
   containerd skopeo
+  # deployment files (test_deploy.py): the Kubernetes API models to validate
+  # the manifests against, systemd-analyze for the unit
+  python3-kubernetes python3-yaml systemd
 )
+# `kubectl kustomize` builds the kustomization; Debian's kubectl is in
+# kubernetes-client, unless some kubectl is installed already (another
+# package's would conflict with it).
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
 
 missing=()
 for p in "${packages[@]}"; do

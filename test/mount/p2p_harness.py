@@ -675,6 +675,9 @@ class Node:
         self.proc = None
         self.starts = 0
         self.stock_starts = 0
+        # A whole `p2p` object to use instead of the harness's (e.g. a
+        # deployment's file with this node's paths filled in).
+        self.p2p_override = None
         for d in (self.cache_dir, self.store_dir, self.mountpoint):
             d.mkdir(parents=True, exist_ok=True)
         cluster._add_namespace(self.ns, f"n{index}", self.ip)
@@ -727,6 +730,8 @@ class Node:
                 p2p["peers"] = c.peer_addresses() + list(c.extra_peers)
             p2p.update(self.p2p_extra)
             config["p2p"] = p2p
+        if self.p2p and self.p2p_override is not None:
+            config["p2p"] = dict(self.p2p_override)
         return config
 
     def tls_files(self):
@@ -760,14 +765,17 @@ class Node:
     def _mounted(self):
         return mounted_in(self.proc.pid, self.mountpoint)
 
-    def start(self, wait=20, poll=0.01, shared=False, need_api=True):
+    def start(self, wait=20, poll=0.01, shared=False, need_api=True, snapshotter_argv=False):
         """Writes the config and starts nydusd; returns once its FUSE mount
         (and, with need_api, its API socket) is up. The mount is noticed the
         moment it appears (poll(2) on nydusd's mountinfo, which signals
         every mount table change), the socket every `poll` seconds. shared=True:
         a shared-mode daemon as nydus-snapshotter starts one (no image; the
         `p2p` object from a daemon-level --p2p-config file); mount images
-        with mount_instance()."""
+        with mount_instance(). snapshotter_argv=True (with shared): the exact
+        argv nydus-snapshotter execs for its shared daemon (nydusd-contract.md
+        §4.2), the P2P file found through $NYDUS_P2P_CONFIG as a deployment's
+        /etc/nydus/p2p.json would be."""
         if self.running:
             raise AssertionError(f"node {self.index} is running already")
         config = self.config()
@@ -776,15 +784,21 @@ class Node:
             self.apisock.unlink()
         self.starts += 1
         out = open(self.dir / f"stdout-{self.starts}.log", "wb")
+        env_args = []
         if shared:
             p2p_path = self.dir / "p2p.json"
             p2p_path.write_text(json.dumps({"p2p": config.get("p2p", {})}, indent=1))
             image_args = ["--p2p-config", str(p2p_path)]
+            if snapshotter_argv:
+                image_args = []
+                env_args = ["env", f"NYDUS_P2P_CONFIG={p2p_path}"]
         else:
             image_args = ["--bootstrap", str(self.cluster.image.bootstrap), "--config", str(self.config_path)]
-        args = ["ip", "netns", "exec", self.ns, str(NYDUSD), "fuse", *image_args, "--mountpoint",
-                str(self.mountpoint), "--apisock", str(self.apisock), "--log-file", str(self.log_path),
-                "--log-level", "info"]
+        args = ["ip", "netns", "exec", self.ns, *env_args, str(NYDUSD), "fuse", *image_args, "--mountpoint",
+                str(self.mountpoint), "--apisock", str(self.apisock), "--log-level", "info", "--log-file",
+                str(self.log_path)]
+        if snapshotter_argv:
+            args += ["--failover-policy", "resend"]
         self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         out.close()
         deadline = time.monotonic() + wait
@@ -905,12 +919,13 @@ class Node:
         except ValueError:
             return response.status, body.decode(errors="replace")
 
-    def mount_instance(self, name, cache_dir=None):
+    def mount_instance(self, name, cache_dir=None, config=None):
         """Mounts the image at <mountpoint>/<name> of a shared daemon through
         POST /api/v1/mount, with this node's config minus the `p2p` object
-        (nydus-snapshotter's instance configs carry none); read it with
-        read_all(subdir=name)."""
-        config = {k: v for k, v in self.config().items() if k != "p2p"}
+        (nydus-snapshotter's instance configs carry none), or `config`; read
+        it with read_all(subdir=name)."""
+        if config is None:
+            config = {k: v for k, v in self.config().items() if k != "p2p"}
         if cache_dir is not None:
             config["device"]["cache"]["config"]["work_dir"] = str(cache_dir)
         status, body = self.api(f"/api/v1/mount?mountpoint=%2F{name}", "POST",
