@@ -22,6 +22,8 @@ packages=(
   # deployment files (test_deploy.py): the Kubernetes API models to validate
   # the manifests against, systemd-analyze for the unit
   python3-kubernetes python3-yaml systemd
+  # a real container from a lazy mount (test_deploy.py)
+  podman runc
 )
 # `kubectl kustomize` builds the kustomization; Debian's kubectl is in
 # kubernetes-client, unless some kubectl is installed already (another

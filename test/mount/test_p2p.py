@@ -460,7 +460,7 @@ def test_p2p_sigterm_drains_the_node_and_ready_follows_it():
             time.sleep(0.5)
             a.proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
-            assert a.running, "nydusd exited before its upload in flight finished"
+            assert a.running, "nydusd exited before its upload in flight finished:\n" + a.log()[-3000:] + a.stdout()[-3000:]
             assert ready() == "503"
             code, _ = peer_get(0, 4095)
             assert code == 503, code
