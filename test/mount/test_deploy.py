@@ -1,4 +1,5 @@
-"""Issue 14: the deployment files in examples/deploy/ are real.
+"""Issue 14: the deployment files in examples/deploy/ are real, and a real
+container runs from a lazy mount (podman_harness.py).
 
 - The Kubernetes manifests, as `kubectl kustomize` builds them, validate
   against the Kubernetes API's schema: every field known to the API models
@@ -15,7 +16,6 @@
 """
 import concurrent.futures
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -27,6 +27,7 @@ import time
 import pytest
 
 import p2p_harness as ph
+import podman_harness as pm
 
 DEPLOY = ph.ROOT / "examples" / "deploy"
 KUBE = DEPLOY / "kubernetes"
@@ -233,73 +234,6 @@ def test_daemonset_nodes_scale_down_and_up_under_load():
 # ---------------------------------------------------------------------------
 # A real container from a lazy mount
 
-PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
-
-
-def build_python_rootfs(dest):
-    """A small root filesystem that runs this machine's python3: the
-    interpreter, the libraries ldd names, and the standard library (without
-    its tests and the big optional parts), laid out as Debian's merged /usr."""
-    dest = pathlib.Path(dest)
-    python = pathlib.Path(os.path.realpath("/usr/bin/python3"))
-    (dest / "usr" / "bin").mkdir(parents=True)
-    (dest / "usr" / "lib64").mkdir(parents=True)
-    for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
-        (dest / link).symlink_to(target)
-    shutil.copy2(python, dest / "usr" / "bin" / python.name)
-    (dest / "usr" / "bin" / "python3").symlink_to(python.name)
-    ldd = subprocess.run(["ldd", str(python)], capture_output=True, text=True, check=True).stdout
-    for lib in re.findall(r"(/\S+\.so[.\d]*)", ldd):
-        real = pathlib.Path(os.path.realpath(lib))
-        target = dest / "usr" / "lib" / "x86_64-linux-gnu" / pathlib.Path(lib).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(real, target)
-    loader = "ld-linux-x86-64.so.2"
-    (dest / "usr" / "lib64" / loader).symlink_to(f"../lib/x86_64-linux-gnu/{loader}")
-    stdlib = pathlib.Path(f"/usr/lib/{python.name}")
-    skip = shutil.ignore_patterns("test", "tests", "site-packages", "dist-packages", "idlelib", "tkinter",
-                                  "turtledemo", "ensurepip", "lib2to3", "pydoc_data")
-    shutil.copytree(stdlib, dest / "usr" / "lib" / python.name, ignore=skip, symlinks=True)
-    return dest
-
-
-# Run inside a node's mount namespace: `ip netns exec` gave nydusd a fresh
-# /sys there, without the host's cgroup mounts, and runc needs them. This
-# mounts the same hierarchies again (v1 controllers or v2), once.
-_CGROUP_MOUNTS = r"""
-import subprocess
-mine = open("/proc/self/mountinfo").read()
-if " - cgroup" not in mine:
-    for line in open("/proc/1/mountinfo"):
-        left, _, right = line.partition(" - ")
-        path = left.split()[4]
-        fstype, _, superopts = right.split()[:3]
-        if path == "/sys/fs/cgroup" and fstype == "tmpfs":
-            subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=755", "cgroup_root", path], check=True)
-        elif fstype in ("cgroup", "cgroup2") and path.startswith("/sys/fs/cgroup"):
-            opts = ",".join(o for o in superopts.split(",") if o not in ("rw", "ro"))
-            subprocess.run(["mkdir", "-p", path], check=True)
-            subprocess.run(["mount", "-t", fstype] + (["-o", opts] if opts else []) + [fstype, path], check=True)
-"""
-
-
-def podman_python_version(node):
-    """`podman run --rootfs` of the node's mount with an overlay on top
-    (:O, the runtime's writable root): python3 -V. Returns (output, seconds)."""
-    enter = ["nsenter", f"--mount=/proc/{node.pid}/ns/mnt"]
-    subprocess.run(enter + [ph.PYTHON, "-c", _CGROUP_MOUNTS], check=True, timeout=30)
-    start = time.monotonic()
-    # podman joins nydusd's mount namespace (where `ip netns exec` put the
-    # mount): overlayfs refuses a lower directory of another namespace.
-    done = subprocess.run(enter + PODMAN +
-                          ["run", "--rm", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-                           "--network", "none", "--rootfs", f"{node.mountpoint}:O", "/usr/bin/python3", "-V"],
-                          capture_output=True, text=True, timeout=120)
-    seconds = time.monotonic() - start
-    assert done.returncode == 0, f"podman run: {done.stderr}\n{node.log()[-2000:]}"
-    return done.stdout.strip(), seconds
-
-
 def test_podman_runs_python_from_lazy_mounts_on_two_nodes():
     """Issue 14: a real container from a lazy mount. A python3 root
     filesystem built into a nydus image and pushed to the registry; on node
@@ -311,18 +245,18 @@ def test_podman_runs_python_from_lazy_mounts_on_two_nodes():
         pytest.fail("podman not found (Debian package podman; test/install-deps.sh)")
     work = pathlib.Path(tempfile.mkdtemp(prefix="nydus-test-pyroot-"))
     try:
-        tree = build_python_rootfs(work / "tree")
+        tree = pm.build_python_rootfs(work / "tree")
         (work / "image").mkdir()
         image = ph.build_image(tree, work / "image")
         with ph.Cluster(nodes=2, image=image, repo="p2p/python") as c:
             a, b = c.start_nodes()
             version = subprocess.run([str(tree / "usr" / "bin" / "python3"), "-V"], capture_output=True,
                                      text=True).stdout.strip()
-            out, seconds_a = podman_python_version(a)
+            out, seconds_a = pm.python_version_in(a)
             assert out == version, (out, version)
             after_a = c.origin_bytes()
             b.cut_registry()
-            out, seconds_b = podman_python_version(b)
+            out, seconds_b = pm.python_version_in(b)
             assert out == version, (out, version)
             assert c.origin_bytes() == after_a
             sources = b.metrics()["sources"]
