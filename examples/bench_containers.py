@@ -23,6 +23,8 @@ cgroupfs), containers with `--network none`.
   nydus + P2P  the same on a node whose only peer (node A, which ran the
                container before) holds the data; its own blob cache and
                piece store empty, its registry link unused for data
+  floor        podman runs python3 -V from the tree on local disk (--rootfs
+               TREE:O): what the runtime itself costs
 
 Environment: RUNS (3), RATE (100mbit), OUT_DIR (/tmp/bench-containers),
 BENCH_DIR and ROOTFS (as bench-registry.sh), NYDUSD, NYDUS_IMAGE.
@@ -97,7 +99,7 @@ def main():
         raise SystemExit("run as root (examples/bench-containers.sh)")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix="nydus-bench-containers-"))
-    rows = {"ociv1": [], "nydus_lazy": [], "nydus_p2p": []}
+    rows = {"ociv1": [], "nydus_lazy": [], "nydus_p2p": [], "local_dir": []}
     extra = {"ociv1_origin": [], "nydus_lazy_mount": [], "nydus_lazy_origin": [], "nydus_p2p_mount": [],
              "nydus_p2p_origin": []}
     try:
@@ -135,6 +137,15 @@ def main():
                 subprocess.run(pm.PODMAN + ["--root", str(storage / "root"), "--runroot", str(storage / "run"),
                                             "rmi", "-a", "-f"], capture_output=True)
                 shutil.rmtree(storage, ignore_errors=True)
+
+                bp.say(f"run {run}/{RUNS}: the tree on local disk (podman's own floor) ...")
+                bp.drop_caches()
+                t0 = time.monotonic()
+                out, t = first_line_time(pm.PODMAN + ["run", "--rm", "--network", "none", "--ulimit",
+                                                      "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--rootfs",
+                                                      f"{bp.TREE}:O", "/usr/bin/python3", "-V"], t0)
+                assert out == version, (out, version)
+                rows["local_dir"].append(t)
 
                 for key, node in (("nydus_lazy", plain), ("nydus_p2p", b)):
                     bp.say(f"run {run}/{RUNS}: {key} ...")
@@ -174,9 +185,10 @@ def report(rows, extra, version, image, layer):
     ]
     names = {"ociv1": "OCIv1: podman pull + unpack + run",
              "nydus_lazy": "nydus lazy mount + podman run",
-             "nydus_p2p": "nydus + P2P, data on another node"}
-    for key in ("ociv1", "nydus_lazy", "nydus_p2p"):
-        origin = bp.median(extra[key + "_origin"]) / 2**20
+             "nydus_p2p": "nydus + P2P, data on another node",
+             "local_dir": "(floor) the tree on local disk + podman run"}
+    for key in ("ociv1", "nydus_lazy", "nydus_p2p", "local_dir"):
+        origin = bp.median(extra[key + "_origin"]) / 2**20 if key + "_origin" in extra else 0.0
         lines.append(f"{names[key]:<44} {med[key]:8.3f} {med[key] / base:6.3f}x  {origin:8.1f}")
     for key in ("nydus_lazy", "nydus_p2p"):
         lines.append(f"  {key}: exec nydusd -> mount {bp.median(extra[key + '_mount']):.3f} s")
