@@ -23,41 +23,12 @@ BUILD_DIR=${BUILD_DIR:-build}
 ROOTFS=${ROOTFS:-}
 export OUT_DIR=${OUT_DIR:-/tmp/bench-containers}
 mkdir -p "$BENCH_DIR" "$OUT_DIR"
-log=$OUT_DIR/setup.log
-: >"$log"
+: >"$OUT_DIR/setup.log"
 
-need=()
-command -v docker-registry >/dev/null || need+=(docker-registry)
-command -v tc >/dev/null || need+=(iproute2)
-command -v podman >/dev/null || need+=(podman)
-command -v runc >/dev/null || need+=(runc)
-command -v skopeo >/dev/null || need+=(skopeo)
-command -v zstd >/dev/null || need+=(zstd)
-[[ -x /usr/bin/python3 ]] || need+=(python3)
-/usr/bin/python3 -c 'import pytest' 2>/dev/null || need+=(python3-pytest)  # p2p_harness imports it
-[[ -n $ROOTFS ]] || command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v meson >/dev/null || need+=(meson ninja-build)
-if ((${#need[@]})); then
-  apt-get install -y "${need[@]}" >>"$log" 2>&1 || { echo "could not install ${need[*]}; see $log" >&2; exit 1; }
-fi
-
-[[ -f $BUILD_DIR/build.ninja ]] || meson setup "$BUILD_DIR" --buildtype=release >>"$log"
-ninja -C "$BUILD_DIR" builder/nydus-image daemon/nydusd >>"$log" || { echo "build failed; see $log" >&2; exit 1; }
-mkdir -p "$OUT_DIR/bin"
-for pair in "NYDUSD:$BUILD_DIR/daemon/nydusd" "NYDUS_IMAGE:$BUILD_DIR/builder/nydus-image"; do
-  var=${pair%%:*} src=${pair#*:}
-  [[ -n ${!var:-} ]] && continue
-  cp "$src" "$OUT_DIR/bin/" || { echo "no $src" >&2; exit 1; }
-  export "$var=$OUT_DIR/bin/$(basename "$src")"
-done
-
-source examples/bench-rootfs.sh
-if [[ -z $ROOTFS ]]; then
-  ensure_bench_rootfs
-  export ROOTFS=$BENCH_DIR/rootfs
-else
-  ROOTFS=$(cd "$ROOTFS" && pwd)
-  export ROOTFS
-fi
-export BENCH_DIR
+source examples/bench-testbed.sh
+bench_install docker-registry:docker-registry tc:iproute2 podman:podman runc:runc skopeo:skopeo zstd:zstd \
+  /usr/bin/python3:python3 -:python3-pytest meson:meson ninja:ninja-build  # p2p_harness imports pytest
+[[ -n $ROOTFS ]] || bench_install debootstrap:debootstrap
+bench_binaries
+bench_tree
 exec /usr/bin/python3 examples/bench_containers.py

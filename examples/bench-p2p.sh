@@ -29,46 +29,12 @@ BUILD_DIR=${BUILD_DIR:-build}
 ROOTFS=${ROOTFS:-}
 export OUT_DIR=${OUT_DIR:-/tmp/bench-p2p}
 mkdir -p "$BENCH_DIR" "$OUT_DIR"
-log=$OUT_DIR/setup.log
-: >"$log"
+: >"$OUT_DIR/setup.log"
 
-need=()
-command -v docker-registry >/dev/null || need+=(docker-registry)
-command -v curl >/dev/null || need+=(curl)
-command -v tc >/dev/null || need+=(iproute2)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v gnuplot >/dev/null || need+=(gnuplot-nox)
-command -v zstd >/dev/null || need+=(zstd)
-[[ -x /usr/bin/python3 ]] || need+=(python3)
-/usr/bin/python3 -c 'import pytest' 2>/dev/null || need+=(python3-pytest)  # p2p_harness imports it
-[[ -n $ROOTFS ]] || command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v meson >/dev/null || need+=(meson ninja-build)
-if ((${#need[@]})); then
-  apt-get install -y "${need[@]}" >>"$log" 2>&1 || { echo "could not install ${need[*]}; see $log" >&2; exit 1; }
-fi
-
-[[ -f $BUILD_DIR/build.ninja ]] || meson setup "$BUILD_DIR" --buildtype=release >>"$log"
-ninja -C "$BUILD_DIR" builder/nydus-image daemon/nydusd >>"$log" || { echo "build failed; see $log" >&2; exit 1; }
-# A private copy of the binaries, so that a rebuild of $BUILD_DIR during the run (someone else's
-# ninja) cannot pull them away mid-measurement.
-mkdir -p "$OUT_DIR/bin"
-for pair in "NYDUSD:$BUILD_DIR/daemon/nydusd" "NYDUS_IMAGE:$BUILD_DIR/builder/nydus-image"; do
-  var=${pair%%:*} src=${pair#*:}
-  [[ -n ${!var:-} ]] && continue
-  for _ in $(seq 240); do [[ -x $src ]] && break; sleep 0.5; done  # a concurrent build may be relinking it
-  cp "$src" "$OUT_DIR/bin/" || { echo "no $src" >&2; exit 1; }
-  export "$var=$OUT_DIR/bin/$(basename "$src")"
-done
-
-# The tree: bench-registry.sh's recipe and cache (examples/bench-rootfs.sh).
-source examples/bench-rootfs.sh
-if [[ -z $ROOTFS ]]; then
-  ensure_bench_rootfs
-  tree=$BENCH_DIR/rootfs
-  export ROOTFS=$tree
-else
-  ROOTFS=$(cd "$ROOTFS" && pwd)
-  export ROOTFS
-fi
-export BENCH_DIR
+source examples/bench-testbed.sh
+bench_install docker-registry:docker-registry curl:curl tc:iproute2 nginx:nginx-light gnuplot:gnuplot-nox \
+  zstd:zstd /usr/bin/python3:python3 -:python3-pytest meson:meson ninja:ninja-build  # p2p_harness imports pytest
+[[ -n $ROOTFS ]] || bench_install debootstrap:debootstrap
+bench_binaries
+bench_tree  # bench-registry.sh's recipe and cache (examples/bench-rootfs.sh)
 exec /usr/bin/python3 examples/bench_p2p.py

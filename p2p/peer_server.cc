@@ -282,11 +282,12 @@ struct PeerServer::Impl {
     delete ctx;
   }
 
-  static MHD_Result text(MHD_Connection* conn, unsigned status, const std::string& body) {
+  static MHD_Result text(MHD_Connection* conn, unsigned status, const std::string& body,
+                         const char* content_type = "text/plain") {
     MHD_Response* r =
         MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
     if (!r) return MHD_NO;
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     MHD_Result ret = MHD_queue_response(conn, status, r);
     MHD_destroy_response(r);
     return ret;
@@ -355,16 +356,8 @@ struct PeerServer::Impl {
       const std::string why = node.not_ready();
       return why.empty() ? text(conn, MHD_HTTP_OK, "") : text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, why + "\n");
     }
-    if (role == Role::kHealth && path == "/metrics") {
-      const std::string body = node.prometheus();
-      MHD_Response* r =
-          MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
-      if (!r) return MHD_NO;
-      MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4");
-      MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, r);
-      MHD_destroy_response(r);
-      return ret;
-    }
+    if (role == Role::kHealth && path == "/metrics")
+      return text(conn, MHD_HTTP_OK, node.prometheus(), "text/plain; version=0.0.4");
     if (role == Role::kHealth)
       return text(conn, MHD_HTTP_NOT_FOUND, "this port answers /server/ping, /healthy, /ready and /metrics only\n");
     if (role == Role::kPeers && node.draining()) {

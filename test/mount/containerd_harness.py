@@ -34,7 +34,7 @@ import time
 
 import pytest
 
-from p2p_harness import stop_process
+from p2p_harness import read_log, stop_process
 
 CTR = "/usr/bin/ctr"
 CONTAINERD = "/usr/bin/containerd"
@@ -203,10 +203,7 @@ class Containerd:
         return self._ctr(["content", "get", "sha256:" + digest], text=False).stdout
 
     def log(self):
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def stop(self):
         if self.proc is not None:

@@ -497,6 +497,14 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 # Node
 
 
+def read_log(path):
+    """A log file's text so far; "" before the process created it."""
+    try:
+        return pathlib.Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def stop_process(proc, timeout):
     """SIGTERM to `proc` if it still runs, SIGKILL after `timeout` seconds;
     returns its exit code."""
@@ -601,10 +609,7 @@ class StockNydusd:
         return report
 
     def log(self):
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def stop(self):
         return stop_process(self.proc, 10) if self.proc is not None else None
@@ -944,10 +949,7 @@ class Node:
         return body
 
     def log(self):
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def stdout(self):
         return "".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("stdout-*.log")))
