@@ -23,13 +23,27 @@ bool RateLimiter::take(uint64_t n, Clock::time_point give_up, bool low_priority)
   return true;
 }
 
+size_t UploadLimits::tracked_clients() {
+  std::lock_guard<std::mutex> g(mu_);
+  return clients_.size();
+}
+
+bool RateLimiter::idle(Clock::time_point now) {
+  std::lock_guard<std::mutex> g(mu_);
+  return next_free_ <= now;
+}
+
 bool UploadLimits::take(const std::string& client, uint64_t n, Clock::time_point give_up, bool low_priority) {
-  RateLimiter* mine = nullptr;
+  std::shared_ptr<RateLimiter> mine;
   if (per_client_rate_ > 0) {
     std::lock_guard<std::mutex> g(mu_);
+    if (clients_.size() >= kMaxIdleClients && !clients_.count(client)) {
+      const Clock::time_point now = Clock::now();
+      std::erase_if(clients_, [&](const auto& e) { return e.second.use_count() == 1 && e.second->idle(now); });
+    }
     auto& slot = clients_[client];
-    if (!slot) slot = std::make_unique<RateLimiter>(per_client_rate_);
-    mine = slot.get();
+    if (!slot) slot = std::make_shared<RateLimiter>(per_client_rate_);
+    mine = slot;
   }
   if (mine && !mine->take(n, give_up, low_priority)) return false;
   return total_.take(n, give_up, low_priority);

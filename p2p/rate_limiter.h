@@ -13,7 +13,8 @@
 // by the low-priority blocks already under way (one block per stream).
 //
 // UploadLimits: one total limiter and one per client address, created on
-// first use; a send waits for both.
+// first use; a send waits for both. Past kMaxIdleClients addresses, the
+// limiters of idle clients are forgotten (pod addresses come and go).
 //
 // Thread-safety: any number of concurrent calls.
 #pragma once
@@ -35,6 +36,8 @@ class RateLimiter {
   // whole time) when that moment lies past `give_up`.
   bool take(uint64_t n, std::chrono::steady_clock::time_point give_up, bool low_priority = false);
   uint64_t rate() const { return rate_; }
+  // No reservation reaches past `now`: forgetting this limiter loses nothing.
+  bool idle(std::chrono::steady_clock::time_point now);
 
  private:
   const uint64_t rate_;
@@ -51,11 +54,16 @@ class UploadLimits {
   bool take(const std::string& client, uint64_t n, std::chrono::steady_clock::time_point give_up,
             bool low_priority = false);
 
+  // Client addresses with a limiter now (for tests and metrics).
+  size_t tracked_clients();
+
  private:
   RateLimiter total_;
   const uint64_t per_client_rate_;
   std::mutex mu_;
-  std::map<std::string, std::unique_ptr<RateLimiter>> clients_;  // guarded by mu_
+  static constexpr size_t kMaxIdleClients = 1024;
+  // guarded by mu_; shared so that a sender holds its limiter while it waits
+  std::map<std::string, std::shared_ptr<RateLimiter>> clients_;
 };
 
 // max_uploads: data responses in flight at once (0 = no cap). A

@@ -49,7 +49,11 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
   Node
       .index, .ns, .ip, .address, .dir, .cache_dir, .store_dir, .mountpoint,
       .apisock, .log_path, .config_path, .pid, .running
-      start(wait=20, poll=0.01), stop() (SIGTERM) -> rc, kill() (SIGKILL), restart()
+      start(wait=20, poll=0.01, shared=False, need_api=True, snapshotter_argv=False),
+      stop() (SIGTERM) -> rc, kill() (SIGKILL), restart()
+      mount_instance(name, cache_dir=None, config=None)  POST /api/v1/mount on a shared daemon
+      .p2p_override                      a whole `p2p` object instead of the harness's
+      tls_files() -> (cert, key)         this node's certificate of the cluster CA (tls=True)
       read_all(check=True, order=None) -> ReadReport, read_file(rel) -> bytes
       run_in_mount(args)                 args chrooted into the mount (e.g. python3 -V)
       (MIRROR_URL: a node's mirror endpoint, reached from inside its namespace)
@@ -62,6 +66,7 @@ a Cluster first removes what a killed earlier run left: namespaces, links,
       log(), p2p_log_lines(peer=None, since=None)
       drop_blob_cache()                  empty the blob cache, keep the piece store
       drop_piece_store()                 empty the piece store, keep the blob cache
+  PeerPki(directory, name): .ca_path, issue(name, ip, cert_path, key_path)
   Dns: set(nodes_or_ips), queries(since=0) -> [(client ip, name)]
   FaultPeer: .address, .ip, .events(), .served_bytes(), .connections(), stop()
 

@@ -1182,6 +1182,16 @@ TEST_CASE("RateLimiter: paces, and refuses a wait past the deadline at once", "[
   CHECK_FALSE(nydus::p2p::UploadLimits(0, 0).limited());
 }
 
+TEST_CASE("UploadLimits: idle clients are forgotten past 1024 addresses, busy ones kept", "[p2p][rate]") {
+  using Clock = std::chrono::steady_clock;
+  nydus::p2p::UploadLimits limits(0, 1000);
+  CHECK(limits.take("busy", 1000, Clock::now()));  // its link is taken for 1 s
+  for (int i = 0; i < 3000; ++i) CHECK(limits.take("10.1." + std::to_string(i), 1, Clock::now() + std::chrono::seconds(1)));
+  CHECK(limits.tracked_clients() <= 1024 + 1);
+  // The busy client's reservation survived every pruning.
+  CHECK_FALSE(limits.take("busy", 10, Clock::now() + std::chrono::milliseconds(100)));
+}
+
 TEST_CASE("RateLimiter: on-demand bytes pass queued low-priority ones", "[p2p][rate]") {
   using Clock = std::chrono::steady_clock;
   nydus::p2p::RateLimiter limiter(1000);
