@@ -387,8 +387,12 @@ struct PeerServer::Impl {
     if (!origin.ok()) return refuse(conn, MHD_HTTP_BAD_REQUEST, origin.status().message());
     const char* auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     // A member that cannot reach the origin asks it through this node (signed, checked above).
-    if (role == Role::kPeers && MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kViaPeerHeader))
+    // Only the registry API: a member may not use this node to reach anything else on the origin's host.
+    if (role == Role::kPeers && MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kViaPeerHeader)) {
+      if (path.rfind("/v2/", 0) != 0 && path != "/v2")
+        return refuse(conn, MHD_HTTP_FORBIDDEN, "only the registry API (/v2/) is passed on for a peer");
       return passthrough(conn, method, path, *origin, auth, /*for_peer=*/true);
+    }
     if (!target.ok()) {
       if (path.rfind("/v2/", 0) == 0 || path == "/v2") return passthrough(conn, method, path, *origin, auth, false);
       return refuse(conn, MHD_HTTP_NOT_FOUND, "no such route");

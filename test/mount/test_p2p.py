@@ -717,7 +717,9 @@ def test_p2p_peer_port_answers_signed_requests_only():
     another range), a replayed one and a stale one get 401, each counted
     under its reason and logged once per address and reason (two unsigned
     requests, one line); the same request signed right (by the test, in
-    Python) gets the bytes; /server/ping stays open for probes."""
+    Python) gets the bytes; /server/ping stays open for probes; a signed
+    request to be passed on to the origin gets 403 unless it is for the
+    registry API."""
     with ph.Cluster(nodes=2) as c:
         a, b = c.start_nodes()
         a.read_all()
@@ -758,6 +760,13 @@ def test_p2p_peer_port_answers_signed_requests_only():
         r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
                             f"http://{a.address}/server/ping"], capture_output=True, timeout=10)
         assert r.stdout == b"200", r
+        # A member may have requests passed on to the origin (X-Nydus-Via-Peer), but only the
+        # registry API: a valid peer asking for anything else gets 403.
+        r = subprocess.run(["ip", "netns", "exec", b.ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "-H", "X-Nydus-Via-Peer: 1", "-H", f"X-Dragonfly-Registry: {c.registry_url}", "-H",
+                            f"{ph.PEER_AUTH_HEADER}: {c.peer_auth('GET', '/debug/vars')}",
+                            f"http://{a.address}/debug/vars"], capture_output=True, timeout=10)
+        assert r.stdout == b"403", r
 
 
 def test_p2p_peer_port_with_mutual_tls():
