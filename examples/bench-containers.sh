@@ -18,17 +18,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || exec sudo -E "$0" "$@"
 
-BENCH_DIR=${BENCH_DIR:-/var/tmp/nydus-bench-registry}
-BUILD_DIR=${BUILD_DIR:-build}
-ROOTFS=${ROOTFS:-}
-export OUT_DIR=${OUT_DIR:-/tmp/bench-containers}
-mkdir -p "$BENCH_DIR" "$OUT_DIR"
-: >"$OUT_DIR/setup.log"
-
 source examples/bench-testbed.sh
-bench_install docker-registry:docker-registry tc:iproute2 podman:podman runc:runc skopeo:skopeo zstd:zstd \
-  /usr/bin/python3:python3 -:python3-pytest meson:meson ninja:ninja-build  # p2p_harness imports pytest
-[[ -n $ROOTFS ]] || bench_install debootstrap:debootstrap
-bench_binaries
-bench_tree
+bench_setup /tmp/bench-containers podman:podman runc:runc skopeo:skopeo
 exec /usr/bin/python3 examples/bench_containers.py

@@ -24,17 +24,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || exec sudo -E "$0" "$@"
 
-BENCH_DIR=${BENCH_DIR:-/var/tmp/nydus-bench-registry}
-BUILD_DIR=${BUILD_DIR:-build}
-ROOTFS=${ROOTFS:-}
-export OUT_DIR=${OUT_DIR:-/tmp/bench-p2p}
-mkdir -p "$BENCH_DIR" "$OUT_DIR"
-: >"$OUT_DIR/setup.log"
-
 source examples/bench-testbed.sh
-bench_install docker-registry:docker-registry curl:curl tc:iproute2 nginx:nginx-light gnuplot:gnuplot-nox \
-  zstd:zstd /usr/bin/python3:python3 -:python3-pytest meson:meson ninja:ninja-build  # p2p_harness imports pytest
-[[ -n $ROOTFS ]] || bench_install debootstrap:debootstrap
-bench_binaries
-bench_tree  # bench-registry.sh's recipe and cache (examples/bench-rootfs.sh)
+bench_setup /tmp/bench-p2p curl:curl nginx:nginx-light gnuplot:gnuplot-nox
 exec /usr/bin/python3 examples/bench_p2p.py

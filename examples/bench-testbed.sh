@@ -1,7 +1,12 @@
 # Set-up shared by the benchmark wrappers that run on the P2P test bed
-# (bench-p2p.sh, bench-containers.sh); sourced, not run. Expects BUILD_DIR,
-# BENCH_DIR, OUT_DIR and ROOTFS (possibly empty) to be set, and root.
+# (bench-p2p.sh, bench-containers.sh); sourced from the repository root, as
+# root.
 #
+#   bench_setup OUT_DIR_DEFAULT CMD:PACKAGE...
+#                                 all of it: BENCH_DIR, BUILD_DIR, ROOTFS and OUT_DIR
+#                                 (exported; OUT_DIR defaults to the first argument),
+#                                 $OUT_DIR/setup.log emptied, the test bed's tools and
+#                                 the given ones installed, bench_binaries, bench_tree
 #   bench_install CMD:PACKAGE...  installs the packages of the commands that are missing
 #                                 (CMD may be a path; "-:PACKAGE" always installs PACKAGE
 #                                 when dpkg does not have it)
@@ -53,4 +58,20 @@ bench_tree() {
     export ROOTFS
   fi
   export BENCH_DIR
+}
+
+bench_setup() {
+  export BENCH_DIR=${BENCH_DIR:-/var/tmp/nydus-bench-registry}
+  BUILD_DIR=${BUILD_DIR:-build}
+  ROOTFS=${ROOTFS:-}
+  export OUT_DIR=${OUT_DIR:-$1}
+  shift
+  mkdir -p "$BENCH_DIR" "$OUT_DIR"
+  : >"$OUT_DIR/setup.log"
+  # p2p_harness imports pytest
+  bench_install docker-registry:docker-registry tc:iproute2 zstd:zstd /usr/bin/python3:python3 -:python3-pytest \
+    meson:meson ninja:ninja-build "$@"
+  [[ -n $ROOTFS ]] || bench_install debootstrap:debootstrap
+  bench_binaries
+  bench_tree  # bench-registry.sh's recipe and cache (examples/bench-rootfs.sh)
 }
