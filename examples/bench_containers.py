@@ -56,29 +56,12 @@ OCI_REPO = "bench/debian-oci"
 
 
 def oci_layout(directory, layer):
-    """An OCI layout with `layer` (tar.gz) as its one layer, python3 as its command."""
-    layout = pathlib.Path(directory)
-    (layout / "blobs" / "sha256").mkdir(parents=True)
+    """An OCI layout with `layer` (tar.gz) as its one layer, python3 -V as its command."""
     diff = hashlib.sha256()
     with gzip.open(layer, "rb") as f:
         while block := f.read(1 << 20):
             diff.update(block)
-    data = layer.read_bytes()
-    layer_desc = ch._put_blob(layout, data)
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/usr/bin/python3", "-V"]},
-                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + diff.hexdigest()]}}).encode()
-    config_desc = ch._put_blob(layout, config)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": ch.OCI_MANIFEST,
-        "config": {"mediaType": ch.OCI_CONFIG, "digest": "sha256:" + config_desc[0], "size": config_desc[1]},
-        "layers": [{"mediaType": ch.OCI_LAYER_GZIP, "digest": "sha256:" + layer_desc[0], "size": layer_desc[1]}],
-    }).encode()
-    manifest_desc = ch._put_blob(layout, manifest)
-    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": ch.OCI_MANIFEST, "digest": "sha256:" + manifest_desc[0], "size": manifest_desc[1],
-         "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}))
-    return ch.OciImage(layout, [layer_desc], config_desc, manifest_desc)
+    return ch.write_oci_layout(directory, [(layer.read_bytes(), diff.hexdigest())], ["/usr/bin/python3", "-V"])
 
 
 def first_line_time(args, t0):

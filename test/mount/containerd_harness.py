@@ -5,6 +5,8 @@
       one gzip layer of incompressible files per entry of `layer_sizes`, a
       config and a manifest, all made here with tarfile and gzip.
       .layers [(digest hex, size)], .config (digest hex, size), .manifest
+  write_oci_layout(directory, [(tar.gz bytes, tar sha256)], cmd) -> OciImage
+      the same of layers made elsewhere
   skopeo_copy(layout, ref, basic_auth=None)
       skopeo pushes the layout to a registry over plain HTTP (the real
       client's push: blob uploads, then the manifest).
@@ -90,17 +92,24 @@ def _layer_tar(rng, index, size):
 
 
 def build_oci_layout(directory, seed, layer_sizes):
-    layout = pathlib.Path(directory)
-    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    layers, diff_ids = [], []
+    layers = []
     for i, size in enumerate(layer_sizes):
         tar = _layer_tar(rng, i, size)
-        diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-        layers.append(_put_blob(layout, gzip.compress(tar, compresslevel=1, mtime=0)))
+        layers.append((gzip.compress(tar, compresslevel=1, mtime=0), hashlib.sha256(tar).hexdigest()))
+    return write_oci_layout(directory, layers, ["/bin/true"])
+
+
+def write_oci_layout(directory, layers, cmd):
+    """An OCI layout of `layers` ([(tar.gz bytes, sha256 hex of the tar)]),
+    a linux/amd64 config running `cmd`, its manifest, tagged "v1"."""
+    layout = pathlib.Path(directory)
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    diff_ids = ["sha256:" + diff for _, diff in layers]
+    layers = [_put_blob(layout, data) for data, _ in layers]
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/true"]},
+        "config": {"Cmd": list(cmd)},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }, sort_keys=True).encode()
     config_desc = _put_blob(layout, config)
