@@ -164,12 +164,16 @@ Result<backend::HttpResponse> P2pNode::origin_via_peers(const std::string& metho
   return last;
 }
 
-Result<uint64_t> P2pNode::size_from_owners(const BlobLocation& loc) {
+Result<uint64_t> P2pNode::size_from_owners(const BlobLocation& loc, const std::string& origin_error) {
   Result<uint64_t> last = Status::io("no other member to ask the size of blob " + loc.digest.substr(0, 12));
   for (const std::string& peer : owners(loc.digest, 0, config_.max_candidates)) {
     if (peer == self()) continue;
     last = client_->fetch_size(peer, loc);
-    if (last.ok() || last.status().code() == Code::kNotFound) return last;
+    if (last.ok()) {
+      LOG_INFO("p2p: blob %s: origin unavailable (%s); size %llu from peer %s", loc.digest.substr(0, 12).c_str(),
+               origin_error.c_str(), static_cast<unsigned long long>(*last), peer.c_str());
+      return last;
+    }
   }
   return last;
 }

@@ -102,10 +102,10 @@ class P2pNode {
   Result<backend::HttpResponse> origin_via_peers(const std::string& method, const std::string& origin,
                                                  const std::string& path_query,
                                                  const std::vector<std::string>& headers);
-  // The blob's size from the owners of its unit 0 (HEAD), for when the
-  // origin cannot tell; a peer's word, taken only when nothing better is
-  // at hand.
-  Result<uint64_t> size_from_owners(const BlobLocation& loc);
+  // The blob's size from the owners of its unit 0 (HEAD, the first that
+  // answers), for when the origin cannot tell (`origin_error`, logged with
+  // the answer); a peer's word, taken only when nothing better is at hand.
+  Result<uint64_t> size_from_owners(const BlobLocation& loc, const std::string& origin_error);
 
   // Leaves the cluster gracefully: new peer data requests get 503 (askers
   // go to the next owner and leave this node out), /ready answers 503,

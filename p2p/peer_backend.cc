@@ -248,16 +248,8 @@ class PeerReader final : public backend::BlobReader {
     auto blob = node_.stored_blob(loc_.digest, [this]() -> Result<uint64_t> {
       auto size = origin_->size();
       if (size.ok() || size.status().code() == Code::kNotFound) return size;
-      for (const std::string& peer : node_.owners(loc_.digest, 0, node_.config().max_candidates)) {
-        if (peer == node_.self()) continue;
-        auto from_peer = node_.client().fetch_size(peer, asking());
-        if (from_peer.ok()) {
-          LOG_INFO("p2p: blob %s: origin unavailable (%s); size %llu from peer %s", loc_.digest.substr(0, 12).c_str(),
-                   size.status().message().c_str(), static_cast<unsigned long long>(*from_peer), peer.c_str());
-          return from_peer;
-        }
-      }
-      return size;
+      auto from_peers = node_.size_from_owners(asking(), size.status().message());
+      return from_peers.ok() ? from_peers : size;
     });
     if (!blob.ok()) return blob.status();
     std::lock_guard<std::mutex> g(mu_);

@@ -454,7 +454,8 @@ struct PeerServer::Impl {
                           // each other in a circle.
                           if (role == Role::kMirror && !size.ok() && origin_status == 0 &&
                               size.status().code() != Code::kNotFound)
-                            if (auto from_peers = node.size_from_owners(loc); from_peers.ok()) return from_peers;
+                            if (auto from_peers = node.size_from_owners(loc, size.status().message()); from_peers.ok())
+                              return from_peers;
                           return size;
                         });
     if (!blob.ok()) {
