@@ -83,7 +83,9 @@ std::string join_host_port(const std::string& addr, uint16_t port) {
 }
 
 Membership::Membership(P2pConfig config, Resolver resolver, Prober prober)
-    : config_(std::move(config)), resolver_(std::move(resolver)), prober_(std::move(prober)) {
+    : config_(std::move(config)), resolver_(std::move(resolver)), prober_(std::move(prober)),
+      health_(std::chrono::milliseconds(config_.failure_backoff_ms),
+              std::chrono::milliseconds(config_.bad_data_backoff_ms)) {
   if (!resolver_) resolver_ = resolve_with_getaddrinfo;
   members_ = std::make_shared<const std::vector<std::string>>();
 }
@@ -165,26 +167,21 @@ std::shared_ptr<const std::vector<std::string>> Membership::previous_members(Clo
 
 bool Membership::usable(const std::string& member) const {
   std::lock_guard<std::mutex> g(mu_);
-  auto it = failures_.find(member);
-  return it == failures_.end();
+  return health_.usable(member);
 }
 
 void Membership::report_failure(const std::string& member, bool bad_data) {
   if (member == self_) return;
-  const auto backoff = std::chrono::milliseconds(bad_data ? config_.bad_data_backoff_ms : config_.failure_backoff_ms);
   std::lock_guard<std::mutex> g(mu_);
-  auto [it, inserted] = failures_.try_emplace(member);
-  const Clock::time_point until = Clock::now() + backoff;
-  if (inserted || until > it->second.until) it->second.until = until;
-  it->second.bad_data = it->second.bad_data || bad_data;
-  if (inserted)
+  const auto backoff = health_.report_failure(member, bad_data, Clock::now());
+  if (backoff.count() > 0)
     LOG_WARN("p2p: peer %s is out of rendezvous for %u ms (%s)", member.c_str(),
              static_cast<unsigned>(backoff.count()), bad_data ? "its data failed verification" : "request failed");
 }
 
 void Membership::report_success(const std::string& member) {
   std::lock_guard<std::mutex> g(mu_);
-  failures_.erase(member);
+  health_.report_success(member);
 }
 
 uint64_t Membership::membership_changes() const {
@@ -227,9 +224,7 @@ void Membership::loop() {
     cv_.wait_for(lock, std::chrono::milliseconds(100));
     if (stopping_) break;
     const Clock::time_point now = Clock::now();
-    std::vector<std::string> due;
-    for (const auto& [member, f] : failures_)
-      if (now >= f.until) due.push_back(member);
+    const std::vector<std::string> due = health_.due(now);
     const bool dns_due = !dns_name_.empty() && now >= next_dns;
     if (due.empty() && !dns_due) continue;
     lock.unlock();
@@ -240,14 +235,7 @@ void Membership::loop() {
     for (const std::string& member : due) {
       const bool up = prober_ ? prober_(member) : false;
       std::lock_guard<std::mutex> g(mu_);
-      auto it = failures_.find(member);
-      if (it == failures_.end()) continue;
-      if (up) {
-        LOG_INFO("p2p: peer %s answers again", member.c_str());
-        failures_.erase(it);
-      } else {
-        it->second.until = Clock::now() + std::chrono::milliseconds(config_.failure_backoff_ms);
-      }
+      if (health_.probed(member, up, Clock::now())) LOG_INFO("p2p: peer %s answers again", member.c_str());
     }
     lock.lock();
   }

@@ -7,11 +7,11 @@
 // good list. Members are "ADDR:PORT" strings ("[v6addr]:PORT" for IPv6),
 // kept sorted; this node is one of them (self()).
 //
-// Health comes from real requests: report_failure() takes a peer out of
-// rendezvous at once, for `failure_backoff_ms` (`bad_data_backoff_ms` when
-// its bytes failed verification); a background thread then probes it
-// (GET /server/ping) and puts it back when it answers. report_success()
-// clears a failure.
+// Health comes from real requests (p2p/peer_health.h): report_failure()
+// takes a peer out of rendezvous at once, for `failure_backoff_ms`
+// (`bad_data_backoff_ms` when its bytes failed verification); a background
+// thread then probes it (GET /server/ping) and puts it back when it
+// answers. report_success() clears a failure.
 //
 // Thread-safety: all methods may be called from any thread; members()
 // returns an immutable snapshot.
@@ -30,6 +30,7 @@
 
 #include "common/status.h"
 #include "p2p/p2p_config.h"
+#include "p2p/peer_health.h"
 
 namespace nydus::p2p {
 
@@ -82,11 +83,7 @@ class Membership {
   std::shared_ptr<const std::vector<std::string>> members_;
   std::shared_ptr<const std::vector<std::string>> previous_;
   Clock::time_point changed_at_{};
-  struct Failure {
-    Clock::time_point until;
-    bool bad_data = false;
-  };
-  std::map<std::string, Failure> failures_;
+  PeerHealth health_;
   uint64_t changes_ = 0;
   bool stopping_ = false;
   std::condition_variable cv_;

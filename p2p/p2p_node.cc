@@ -9,7 +9,6 @@
 
 #include "common/log.h"
 #include "p2p/peer_server.h"
-#include "p2p/rendezvous.h"
 
 namespace nydus::p2p {
 
@@ -108,14 +107,7 @@ Result<std::unique_ptr<P2pNode>> P2pNode::start(const P2pConfig& config, DaemonH
 }
 
 std::vector<std::string> P2pNode::owners(const std::string& digest, uint64_t unit, size_t limit) const {
-  auto members = membership_->members();
-  std::vector<std::string> out;
-  for (size_t i : rendezvous_order(*members, digest, unit)) {
-    if (out.size() >= limit) break;
-    const std::string& m = (*members)[i];
-    if (m == membership_->self() || membership_->usable(m)) out.push_back(m);
-  }
-  return out;
+  return with_view([&](const MemberView& view) { return unit_owners(view, digest, unit, limit); });
 }
 
 std::chrono::milliseconds P2pNode::previous_owner_window() const {
@@ -129,14 +121,16 @@ bool P2pNode::membership_changed_recently() const {
 }
 
 std::string P2pNode::previous_owner(const std::string& digest, uint64_t unit) const {
-  auto previous = membership_->previous_members(previous_owner_window());
-  if (!previous || previous->empty()) return "";
-  const std::string& before = (*previous)[rendezvous_order(*previous, digest, unit).front()];
-  auto now = owners(digest, unit, 1);
-  if (before == self() || (!now.empty() && now.front() == before) || !membership_->usable(before)) return "";
-  auto members = membership_->members();
-  if (!std::binary_search(members->begin(), members->end(), before)) return "";  // gone
-  return before;
+  return with_view([&](const MemberView& view) { return previous_unit_owner(view, digest, unit); });
+}
+
+MissPlan P2pNode::plan_miss(const std::string& digest, uint64_t unit) const {
+  return with_view([&](const MemberView& view) { return p2p::plan_miss(view, digest, unit, config_.max_candidates); });
+}
+
+std::string P2pNode::fallback_owner(const std::string& digest, uint64_t unit, const std::string& asker) const {
+  return with_view(
+      [&](const MemberView& view) { return p2p::fallback_owner(view, digest, unit, asker, config_.max_candidates); });
 }
 
 Result<std::shared_ptr<StoredBlob>> P2pNode::stored_blob(const std::string& digest,

@@ -29,6 +29,7 @@
 #include "p2p/peer_tls.h"
 #include "p2p/rate_limiter.h"
 #include "p2p/piece_store.h"
+#include "p2p/placement.h"
 
 namespace nydus::p2p {
 
@@ -72,6 +73,10 @@ class P2pNode {
   // True within that window after a membership change (askers ask previous
   // owners first then).
   bool membership_changed_recently() const;
+  // The asker's plan for bytes of `unit` this node lacks (p2p/placement.h).
+  MissPlan plan_miss(const std::string& digest, uint64_t unit) const;
+  // The owner's detour to the next owner just after start (p2p/placement.h).
+  std::string fallback_owner(const std::string& digest, uint64_t unit, const std::string& asker) const;
 
   // The store's blob `digest`, created with the size `size_fn` returns
   // when the store does not know it yet.
@@ -126,6 +131,16 @@ class P2pNode {
  private:
   explicit P2pNode(P2pConfig config);
   std::chrono::milliseconds previous_owner_window() const;
+  // Calls fn(MemberView) on this moment's membership.
+  template <typename Fn>
+  auto with_view(Fn fn) const {
+    auto members = membership_->members();
+    auto previous = membership_->previous_members(previous_owner_window());
+    const std::function<bool(const std::string&)> usable = [this](const std::string& m) {
+      return membership_->usable(m);
+    };
+    return fn(MemberView{*members, previous.get(), membership_->self(), usable});
+  }
 
   const P2pConfig config_;
   DaemonHooks hooks_;  // set before the servers start

@@ -86,24 +86,20 @@ class PeerReader final : public backend::BlobReader {
     const uint64_t g = node_.store().granule_size();
     const uint64_t first = offset / g * g;
     const uint64_t end = std::min(size, (offset + length + g - 1) / g * g);
-    const std::vector<std::string> owners =
-        take_origin_only(offset, offset + length) ? std::vector<std::string>{}
-                                                  : node_.owners(loc_.digest, unit, cfg.max_candidates);
+    const MissPlan plan = take_origin_only(offset, offset + length) ? MissPlan{} : node_.plan_miss(loc_.digest, unit);
     const BlobLocation ask = asking();
     // Right after a membership change the unit may have moved away from a
     // peer that holds it: ask that one first, for held bytes only.
-    if (!owners.empty()) {
-      if (std::string previous = node_.previous_owner(loc_.digest, unit); !previous.empty()) {
-        UninitBytes buf(end - first);
-        node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
-        const auto asked = Clock::now();
-        Status s = node_.client().fetch_range(previous, ask, size, first, buf, {.held_only = true});
-        if (s.ok()) return accept(previous, first, end, std::move(buf), asked, offset, dst);
-        if (s.code() != Code::kNotFound) node_.membership().report_failure(previous, false);
-      }
+    if (!plan.previous_holder.empty()) {
+      const std::string& previous = plan.previous_holder;
+      UninitBytes buf(end - first);
+      node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
+      const auto asked = Clock::now();
+      Status s = node_.client().fetch_range(previous, ask, size, first, buf, {.held_only = true});
+      if (s.ok()) return accept(previous, first, end, std::move(buf), asked, offset, dst);
+      if (s.code() != Code::kNotFound) node_.membership().report_failure(previous, false);
     }
-    for (const std::string& peer : owners) {
-      if (peer == node_.self()) break;  // this node owns it next: go to the origin
+    for (const std::string& peer : plan.peers) {
       UninitBytes buf(end - first);
       node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
       const auto asked = Clock::now();

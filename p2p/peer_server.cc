@@ -54,10 +54,6 @@ struct RequestContext {
 constexpr auto kStreamStall = std::chrono::seconds(30);
 // How long an origin fetch for an asker may take in all.
 constexpr auto kFetchDeadline = std::chrono::seconds(120);
-// How long after this server starts an owner that lacks a range first sends
-// the asker to the next owner (see redirect_to_fallback_owner).
-constexpr auto kFallbackWindow = std::chrono::seconds(60);
-
 std::string client_address(MHD_Connection* conn) {
   const MHD_ConnectionInfo* info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
   if (!info || !info->client_addr) return "?";
@@ -591,7 +587,7 @@ struct PeerServer::Impl {
   // moving. Returns true with *result set when it redirected.
   bool redirect_to_fallback_owner(MHD_Connection* conn, const BlobLocation& loc, const StoredBlob* known,
                                   MHD_Result* result) {
-    if (Clock::now() - started >= kFallbackWindow || node.membership_changed_recently()) return false;
+    if (Clock::now() - started >= kOwnerDetourWindow || node.membership_changed_recently()) return false;
     const char* asker = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kPeerHeader);
     const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
     if (!asker || !range || MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kHeldOnlyHeader) ||
@@ -600,12 +596,10 @@ struct PeerServer::Impl {
     auto span = parse_range_header(range, known ? known->size() : UINT64_MAX);
     if (!span.ok()) return false;
     if (known && known->is_covered(span->first, span->last - span->first + 1)) return false;
-    std::vector<std::string> owners =
-        node.owners(loc.digest, span->first / node.config().unit_size, node.config().max_candidates + 1);
-    std::erase(owners, std::string(asker));
-    if (owners.size() < 2 || owners[0] != node.self()) return false;
+    const std::string next = node.fallback_owner(loc.digest, span->first / node.config().unit_size, asker);
+    if (next.empty()) return false;
     node.metrics().fallback_redirects.fetch_add(1, std::memory_order_relaxed);
-    *result = redirect_to(conn, owners[1], loc);
+    *result = redirect_to(conn, next, loc);
     return true;
   }
 
