@@ -125,8 +125,12 @@ std::string P2pNode::previous_owner(const std::string& digest, uint64_t unit) co
 }
 
 MissPlan P2pNode::plan_miss(const std::string& digest, uint64_t unit) const {
-  return with_view([&](const MemberView& view) { return p2p::plan_miss(view, digest, unit, config_.max_candidates); });
+  const bool fresh = just_started();
+  return with_view(
+      [&](const MemberView& view) { return p2p::plan_miss(view, digest, unit, config_.max_candidates, fresh); });
 }
+
+bool P2pNode::just_started() const { return std::chrono::steady_clock::now() - started_ < kOwnerDetourWindow; }
 
 std::string P2pNode::fallback_owner(const std::string& digest, uint64_t unit, const std::string& asker) const {
   return with_view(

@@ -75,6 +75,8 @@ class P2pNode {
   bool membership_changed_recently() const;
   // The asker's plan for bytes of `unit` this node lacks (p2p/placement.h).
   MissPlan plan_miss(const std::string& digest, uint64_t unit) const;
+  // Within kOwnerDetourWindow of start().
+  bool just_started() const;
   // The owner's detour to the next owner just after start (p2p/placement.h).
   std::string fallback_owner(const std::string& digest, uint64_t unit, const std::string& asker) const;
 
@@ -143,6 +145,7 @@ class P2pNode {
   }
 
   const P2pConfig config_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   DaemonHooks hooks_;  // set before the servers start
   std::atomic<bool> draining_{false};
   P2pMetrics metrics_;

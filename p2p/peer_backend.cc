@@ -89,15 +89,16 @@ class PeerReader final : public backend::BlobReader {
     const MissPlan plan = take_origin_only(offset, offset + length) ? MissPlan{} : node_.plan_miss(loc_.digest, unit);
     const BlobLocation ask = asking();
     // Right after a membership change the unit may have moved away from a
-    // peer that holds it: ask that one first, for held bytes only.
-    if (!plan.previous_holder.empty()) {
-      const std::string& previous = plan.previous_holder;
+    // peer that holds it, and just after this node started, the unit it
+    // owns was served by the next owner: ask those first, for held bytes only.
+    for (const std::string* holder : {&plan.previous_holder, &plan.next_holder}) {
+      if (holder->empty()) continue;
       UninitBytes buf(end - first);
       node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
       const auto asked = Clock::now();
-      Status s = node_.client().fetch_range(previous, ask, size, first, buf, {.held_only = true});
-      if (s.ok()) return accept(previous, first, end, std::move(buf), asked, offset, dst);
-      if (s.code() != Code::kNotFound) node_.membership().report_failure(previous, false);
+      Status s = node_.client().fetch_range(*holder, ask, size, first, buf, {.held_only = true});
+      if (s.ok()) return accept(*holder, first, end, std::move(buf), asked, offset, dst);
+      if (s.code() != Code::kNotFound) node_.membership().report_failure(*holder, false);
     }
     for (const std::string& peer : plan.peers) {
       UninitBytes buf(end - first);

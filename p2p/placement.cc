@@ -40,16 +40,20 @@ std::string previous_unit_owner(const MemberView& view, std::string_view digest,
   return before;
 }
 
-MissPlan plan_miss(const MemberView& view, std::string_view digest, uint64_t unit, uint32_t max_candidates) {
+MissPlan plan_miss(const MemberView& view, std::string_view digest, uint64_t unit, uint32_t max_candidates,
+                   bool just_started) {
   MissPlan plan;
-  for (std::string& peer : unit_owners(view, digest, unit, max_candidates)) {
-    if (peer == view.self) break;  // this node owns it next: the origin
-    plan.peers.push_back(std::move(peer));
+  const std::vector<std::string> owners = unit_owners(view, digest, unit, std::max<uint32_t>(max_candidates, 2));
+  for (size_t i = 0; i < owners.size() && i < max_candidates; ++i) {
+    if (owners[i] == view.self) break;  // this node owns it next: the origin
+    plan.peers.push_back(owners[i]);
   }
   // Asked even when this node is the new owner: the unit it just took over
   // is likely held by the previous one, one LAN round trip instead of an
   // origin fetch.
   plan.previous_holder = previous_unit_owner(view, digest, unit);
+  if (just_started && !view.previous && plan.peers.empty() && owners.size() >= 2 && owners[0] == view.self)
+    plan.next_holder = owners[1];
   return plan;
 }
 

@@ -49,13 +49,19 @@ std::string previous_unit_owner(const MemberView& view, std::string_view digest,
 // What an asker that lacks bytes of a unit does: asks `previous_holder`
 // (when set) for held bytes only, then `peers` in order (the owners ahead
 // of this node, at most max_candidates in all), and the origin when they
-// all fail. Empty peers: this node is the unit's first usable owner and
-// goes to the origin itself (after asking previous_holder).
+// all fail. Empty peers: this node is the unit's first usable owner; it
+// asks previous_holder and, `just_started` (within kOwnerDetourWindow of
+// its start, when its first member list has no previous one to tell who
+// owned the unit before it joined), `next_holder`, the unit's next owner,
+// which served the unit while this node was not a member yet; then the
+// origin.
 struct MissPlan {
   std::string previous_holder;
+  std::string next_holder;
   std::vector<std::string> peers;
 };
-MissPlan plan_miss(const MemberView& view, std::string_view digest, uint64_t unit, uint32_t max_candidates);
+MissPlan plan_miss(const MemberView& view, std::string_view digest, uint64_t unit, uint32_t max_candidates,
+                   bool just_started);
 
 // The owner's detour just after it started (PeerServer): when this node is
 // the unit's first owner and does not hold the asked bytes, the next owner

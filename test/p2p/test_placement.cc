@@ -49,17 +49,25 @@ TEST_CASE("placement: the asker asks the owners ahead of itself, then goes to th
   const std::function<bool(const std::string&)> all = [](const std::string&) { return true; };
   {
     MemberView view{members, nullptr, order[5], all};
-    MissPlan p = plan_miss(view, kDigest, 7, 3);
+    MissPlan p = plan_miss(view, kDigest, 7, 3, false);
     CHECK(p.peers == std::vector<std::string>{order[0], order[1], order[2]});
     CHECK(p.previous_holder.empty());
   }
   {
     MemberView view{members, nullptr, order[1], all};
-    CHECK(plan_miss(view, kDigest, 7, 3).peers == std::vector<std::string>{order[0]});
+    CHECK(plan_miss(view, kDigest, 7, 3, false).peers == std::vector<std::string>{order[0]});
   }
   {
     MemberView view{members, nullptr, order[0], all};
-    CHECK(plan_miss(view, kDigest, 7, 3).peers.empty());  // the owner fetches itself
+    CHECK(plan_miss(view, kDigest, 7, 3, false).peers.empty());  // the owner fetches itself
+    CHECK(plan_miss(view, kDigest, 7, 3, false).next_holder.empty());
+    // Just started: the next owner served the unit before this node joined.
+    CHECK(plan_miss(view, kDigest, 7, 3, true).next_holder == order[1]);
+    CHECK(plan_miss(view, kDigest, 7, 1, true).next_holder == order[1]);
+  }
+  {
+    MemberView view{members, nullptr, order[1], all};
+    CHECK(plan_miss(view, kDigest, 7, 3, true).next_holder.empty());  // not the owner: it asks the owner
   }
 }
 
@@ -78,14 +86,14 @@ TEST_CASE("placement: after a member joins, the unit's previous owner is asked f
   const std::function<bool(const std::string&)> usable = [&](const std::string& m) { return !down.count(m); };
   // The new owner asks the old one before the origin.
   MemberView as_new{after, &before, new_owner, usable};
-  MissPlan p = plan_miss(as_new, kDigest, moved, 3);
+  MissPlan p = plan_miss(as_new, kDigest, moved, 3, false);
   CHECK(p.peers.empty());
   CHECK(p.previous_holder == old_owner);
   // Not once the change settled, nor when the old owner is out, nor when it left.
   MemberView settled{after, nullptr, new_owner, usable};
-  CHECK(plan_miss(settled, kDigest, moved, 3).previous_holder.empty());
+  CHECK(plan_miss(settled, kDigest, moved, 3, false).previous_holder.empty());
   down.insert(old_owner);
-  CHECK(plan_miss(as_new, kDigest, moved, 3).previous_holder.empty());
+  CHECK(plan_miss(as_new, kDigest, moved, 3, false).previous_holder.empty());
   down.clear();
   std::vector<std::string> without_old = after;
   std::erase(without_old, old_owner);
