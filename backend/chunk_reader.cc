@@ -92,11 +92,20 @@ class Scratch {
   const size_t n_;
 };
 
+// One backend read of blob `blob_index`, recorded in `trace` (when set)
+// as it is issued; `chunks` is 0 for the blob's metadata.
+Status traced_read(BlobReader& reader, ReadTrace* trace, uint32_t blob_index, uint64_t offset,
+                   std::span<uint8_t> dst, uint32_t chunks) {
+  if (trace) trace->record(blob_index, offset, dst.size(), chunks);
+  return reader.read_exact(offset, dst);
+}
+
 // Reads the blob's chunk digest array (blob.digest, 32 bytes per chunk,
 // rafs-format.md §5.3) through the ToC at the end of the blob (§5.5). Every
 // step is checked: the ToC against the bootstrap's toc_digest, the array
 // against the sha256 in its ToC entry.
-Result<std::vector<uint8_t>> load_chunk_digests(BlobReader& reader, const BlobInfo& blob) {
+Result<std::vector<uint8_t>> load_chunk_digests(BlobReader& reader, const BlobInfo& blob, ReadTrace* trace,
+                                                uint32_t blob_index) {
   // Without a ToC the digest array can only be found by walking the tar
   // headers backwards; not implemented yet.
   if ((blob.features & kFeatureHasToc) == 0 || blob.toc_size <= bootstrap::kTarHeaderSize)
@@ -109,7 +118,7 @@ Result<std::vector<uint8_t>> load_chunk_digests(BlobReader& reader, const BlobIn
     return Status::corrupt("blob of " + std::to_string(blob_size) + " bytes cannot hold a " +
                            std::to_string(toc_size) + "-byte ToC");
   std::vector<uint8_t> toc(toc_size);
-  NYDUS_TRY(reader.read_exact(blob_size - toc_size, toc));
+  NYDUS_TRY(traced_read(reader, trace, blob_index, blob_size - toc_size, toc, 0));
   if (!is_zero(blob.toc_digest)) {
     // toc_digest covers the entries and their trailing tar header.
     const Digest actual = digest(bootstrap::Digester::kSha256, toc);
@@ -130,7 +139,7 @@ Result<std::vector<uint8_t>> load_chunk_digests(BlobReader& reader, const BlobIn
       entry.compressed_size > kMaxMetaBytes)
     return Status::corrupt("blob.digest sizes out of range");
   std::vector<uint8_t> raw(entry.compressed_size);
-  NYDUS_TRY(reader.read_exact(entry.compressed_offset, raw));
+  NYDUS_TRY(traced_read(reader, trace, blob_index, entry.compressed_offset, raw, 0));
   std::vector<uint8_t> digests;
   switch (entry.flags & 0xF) {
     case 0:  // old builders leave the flags empty for plain payloads
@@ -173,7 +182,8 @@ Result<std::vector<ChunkRef>> load_table_from_cache_file(const std::string& path
 // meta_ci_offset, followed by its 4096-byte header (rafs-format.md §5.2).
 Result<std::vector<ChunkRef>> load_table_from_blob(BlobReader& reader, const BlobInfo& blob,
                                                    std::span<const uint8_t> digests,
-                                                   const std::string& save_to_dir) {
+                                                   const std::string& save_to_dir, ReadTrace* trace,
+                                                   uint32_t blob_index) {
   if (blob.meta_ci_uncompressed_size == 0)
     return Status::unsupported("the bootstrap does not locate this chunk and the blob table records "
                                "no blob.meta for the blob");
@@ -184,11 +194,11 @@ Result<std::vector<ChunkRef>> load_table_from_blob(BlobReader& reader, const Blo
   const uint64_t header_offset = blob.meta_ci_offset + blob.meta_ci_compressed_size;
   if (header_offset < blob.meta_ci_offset) return Status::corrupt("blob.meta offset overflows");
   std::vector<uint8_t> header_bytes(bootstrap::kBlobMetaHeaderSize);
-  NYDUS_TRY(reader.read_exact(header_offset, header_bytes).with_context("blob.meta header"));
+  NYDUS_TRY(traced_read(reader, trace, blob_index, header_offset, header_bytes, 0).with_context("blob.meta header"));
   NYDUS_ASSIGN(const bootstrap::BlobMetaHeader header,
                bootstrap::parse_blob_meta_header(header_bytes, blob));
   std::vector<uint8_t> raw(blob.meta_ci_compressed_size);
-  NYDUS_TRY(reader.read_exact(blob.meta_ci_offset, raw).with_context("blob.meta"));
+  NYDUS_TRY(traced_read(reader, trace, blob_index, blob.meta_ci_offset, raw, 0).with_context("blob.meta"));
   std::vector<uint8_t> payload;
   if (blob.meta_ci_compressor == Compressor::kNone) {
     // Stored plain (keep-if-smaller); decompress() still checks the sizes.
@@ -311,7 +321,7 @@ Result<ChunkReader::ChunkTable> ChunkReader::load_chunk_table(uint32_t blob_inde
   ChunkTable table;
   std::vector<uint8_t> digests;
   if (options_.validate_digest && (blob.features & kFeatureInlinedChunkDigest)) {
-    auto loaded = load_chunk_digests(*reader, blob);
+    auto loaded = load_chunk_digests(*reader, blob, options_.trace, blob_index);
     if (loaded.ok()) {
       digests = std::move(loaded).value();
       table.has_digests = true;
@@ -342,7 +352,8 @@ Result<ChunkReader::ChunkTable> ChunkReader::load_chunk_table(uint32_t blob_inde
                 cached.status().message());
   }
   NYDUS_ASSIGN(table.chunks,
-               load_table_from_blob(*reader, blob, digests, options_.cache ? options_.work_dir : ""));
+               load_table_from_blob(*reader, blob, digests, options_.cache ? options_.work_dir : "",
+                                    options_.trace, blob_index));
   return table;
 }
 
@@ -530,7 +541,7 @@ Status ChunkReader::fetch_single(const ChunkRef& chunk, std::span<uint8_t> out) 
   const BlobInfo& blob = blobs_[chunk.blob_index];
   NYDUS_ASSIGN(auto reader, reader_for(chunk.blob_index));
   Scratch raw(chunk.compressed_size);
-  Status s = reader->read_exact(chunk.compressed_offset, raw.span());
+  Status s = traced_read(*reader, options_.trace, chunk.blob_index, chunk.compressed_offset, raw.span(), 1);
   metrics_->backend_fetches.fetch_add(1, std::memory_order_relaxed);
   metrics_->backend_chunks.fetch_add(1, std::memory_order_relaxed);
   metrics_->backend_bytes.fetch_add(chunk.compressed_size, std::memory_order_relaxed);
@@ -626,7 +637,8 @@ void ChunkReader::fetch_group(const std::vector<ChunkRef>& group,
   auto reader = reader_for(first.blob_index);
   if (!reader.ok()) return fail_all(reader.status());
   Scratch raw(total);
-  Status s = (*reader)->read_exact(start, raw.span());
+  Status s = traced_read(**reader, options_.trace, first.blob_index, start, raw.span(),
+                         static_cast<uint32_t>(group.size()));
   metrics_->backend_fetches.fetch_add(1, std::memory_order_relaxed);
   metrics_->backend_chunks.fetch_add(group.size(), std::memory_order_relaxed);
   metrics_->backend_bytes.fetch_add(total, std::memory_order_relaxed);

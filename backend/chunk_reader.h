@@ -56,6 +56,7 @@
 #include "backend/backend_metrics.h"
 #include "backend/blob_backend.h"
 #include "backend/blob_cache.h"
+#include "backend/read_trace.h"
 #include "bootstrap/image.h"
 #include "common/status.h"
 
@@ -71,6 +72,11 @@ struct ChunkReaderOptions {
   uint32_t fetch_attempts = 1;   // tries for a chunk that fails verification
   std::chrono::milliseconds wait_deadline{60000};  // longest wait for another thread's fetch
   CacheMetrics* metrics = nullptr;  // optional; must outlive the reader
+  // Optional; must outlive the reader. Gets one entry per backend request
+  // this reader issues: every chunk fetch, and the blob.meta, ToC and
+  // digest-array reads of the blob itself, with chunks == 0
+  // (backend/read_trace.h).
+  ReadTrace* trace = nullptr;
 };
 
 // How much of one blob is in the local cache.
