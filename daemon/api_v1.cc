@@ -349,6 +349,11 @@ Status register_api_v1(ApiServer& server, DaemonController& c, ErrorEvents& even
   add("GET", "/api/v1/metrics/backend", B::kNone, [&c](const ApiRequest& r) {
     return respond("BackendMetrics", c.backend_metrics(r.query_value("id")));
   });
+  add("GET", "/api/v1/metrics/backend/reads", B::kNone, [&c](const ApiRequest& r) {
+    auto csv = c.backend_reads(r.query_value("id"));
+    if (!csv.ok()) return fail("BackendReads", csv.error());
+    return ApiResponse{200, csv.value(), "text/csv; charset=utf-8"};
+  });
   add("GET", "/api/v1/metrics/blobcache", B::kNone, [&c](const ApiRequest& r) {
     return respond("BlobcacheMetrics", c.blobcache_metrics(r.query_value("id")));
   });

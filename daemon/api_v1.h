@@ -200,6 +200,13 @@ class DaemonController {
   virtual ControlResult<std::string> blobcache_metrics(const std::optional<std::string>& /*id*/) {
     return ControlError::unsupported();
   }
+  // GET /metrics/backend/reads (ours, not upstream's): the instance's
+  // backend read trace as CSV text (backend/read_trace.h), answered
+  // text/csv; only the header line when access_pattern is off, as
+  // /metrics/pattern answers an empty list then.
+  virtual ControlResult<std::string> backend_reads(const std::optional<std::string>& /*id*/) {
+    return ControlError::unsupported();
+  }
   // std::nullopt when no request is in flight (answered 204).
   virtual ControlResult<std::optional<std::string>> inflight_metrics() { return ControlError::unsupported(); }
 

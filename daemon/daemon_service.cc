@@ -279,6 +279,16 @@ ControlResult<std::string> DaemonService::backend_metrics(const std::optional<st
   return body;
 }
 
+ControlResult<std::string> DaemonService::backend_reads(const std::optional<std::string>& id) {
+  auto instance = find(id);
+  if (!instance) return ControlError::no_counter();
+  const backend::ReadTrace* trace = instance->read_trace();
+  // Without access_pattern nothing is recorded: the header alone, as
+  // /metrics/pattern answers [] then.
+  if (!trace) return std::string(backend::ReadTrace::kCsvHeader);
+  return trace->csv(instance->filesystem()->image().blobs());
+}
+
 ControlResult<std::string> DaemonService::blobcache_metrics(const std::optional<std::string>& id) {
   // Keyed by device.id (the snapshotter's "/<sid>"), not the mountpoint.
   std::shared_ptr<RafsInstance> instance;

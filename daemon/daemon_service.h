@@ -90,6 +90,7 @@ class DaemonService final : public DaemonController {
   ControlResult<std::string> files_metrics(const std::optional<std::string>& id, bool latest) override;
   ControlResult<std::string> access_patterns(const std::optional<std::string>& id) override;
   ControlResult<std::string> backend_metrics(const std::optional<std::string>& id) override;
+  ControlResult<std::string> backend_reads(const std::optional<std::string>& id) override;
   ControlResult<std::string> blobcache_metrics(const std::optional<std::string>& id) override;
   // `inflight` (set by main: the FUSE session's workers) lists the
   // requests being handled; without it, or with none, the answer is 204.

@@ -106,6 +106,12 @@ Result<std::shared_ptr<RafsInstance>> RafsInstance::create(RafsMountSpec spec) {
   // A chunk a peer sent wrong is fetched again from another source.
   if (p2p_on) reader_options.fetch_attempts = std::max<uint32_t>(reader_options.fetch_attempts, 3);
   reader_options.metrics = instance->cache_metrics_.get();
+  // access_pattern also keeps the backend read trace
+  // (/api/v1/metrics/backend/reads).
+  if (config.access_pattern) {
+    instance->read_trace_ = std::make_unique<backend::ReadTrace>();
+    reader_options.trace = instance->read_trace_.get();
+  }
   auto reader = std::make_unique<backend::ChunkReader>(image->blobs(), std::move(backend), reader_options);
   instance->reader_ = reader.get();
 
@@ -180,6 +186,11 @@ void RafsInstance::log_summary() const {
            static_cast<unsigned long long>(cache.corrupt_fetches.load()),
            static_cast<unsigned long long>(cache.prefetch_done_chunks.load()),
            static_cast<unsigned long long>(cache.prefetch_planned_chunks.load()));
+  if (read_trace_) {
+    const uint64_t dropped = read_trace_->dropped();
+    const std::string more = dropped ? ", " + std::to_string(dropped) + " more dropped (trace full)" : "";
+    LOG_INFO("metrics %s: backend read trace: %zu requests recorded%s", id, read_trace_->size(), more.c_str());
+  }
   backend_metrics_->for_each_source([&](const backend::SourceCounters& s) {
     LOG_INFO("metrics %s: source %s: %llu requests, %llu errors, %.1f MiB", id, s.name.c_str(),
              static_cast<unsigned long long>(s.requests.load()), static_cast<unsigned long long>(s.errors.load()),

@@ -2,7 +2,7 @@
 // opened bootstrap, its backend and blob cache (ChunkReader), the
 // fs::Filesystem the Vfs routes requests to, the background prefetch, and
 // the counters the admin API reports for it (FsMetrics, BackendMetrics,
-// CacheMetrics).
+// CacheMetrics) and, with `access_pattern`, the backend read trace.
 //
 // Built from upstream's mount command (FsBackendMountCmd): the bootstrap
 // path, the config text (JSON v1/v2 or TOML), the prefetch file list, and
@@ -27,6 +27,7 @@
 #include "backend/backend_metrics.h"
 #include "backend/chunk_reader.h"
 #include "backend/prefetcher.h"
+#include "backend/read_trace.h"
 #include "common/status.h"
 #include "daemon/config.h"
 #include "fs/filesystem.h"
@@ -69,6 +70,9 @@ class RafsInstance {
   backend::BackendMetrics& backend_metrics() const { return *backend_metrics_; }
   backend::CacheMetrics& cache_metrics() const { return *cache_metrics_; }
   fs::FsMetrics& fs_metrics() const { return *fs_metrics_; }
+  // Every backend request of this instance (backend/read_trace.h), kept
+  // when the config has `access_pattern: true`; nullptr otherwise.
+  const backend::ReadTrace* read_trace() const { return read_trace_.get(); }
   // The Vfs mount context: points at fs_metrics() (what the FUSE adapter
   // counts into) and owns this instance.
   std::shared_ptr<void> metrics_context();
@@ -95,6 +99,7 @@ class RafsInstance {
   std::unique_ptr<backend::BackendMetrics> backend_metrics_;
   std::unique_ptr<backend::CacheMetrics> cache_metrics_;
   std::unique_ptr<fs::FsMetrics> fs_metrics_;
+  std::unique_ptr<backend::ReadTrace> read_trace_;
   backend::ChunkReader* reader_ = nullptr;  // owned by filesystem_
   std::shared_ptr<fs::Filesystem> filesystem_;
   // Declared last: destroyed (joined) first.
