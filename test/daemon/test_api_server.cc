@@ -836,7 +836,7 @@ TEST_CASE("api v1: log level, events, config and stubs", "[api][v1]") {
   r = c.roundtrip(request("GET", "/api/v1/metrics/pattern"));
   CHECK(r.status == 501);
   CHECK(r.body == error_body("Pattern(DaemonAbnormal(Unsupported))"));
-  for (const char* path : {"/api/v1/metrics/files?latest=true", "/api/v1/metrics/backend",
+  for (const char* path : {"/api/v1/metrics/files?latest=true", "/api/v1/metrics/backend", "/api/v1/metrics/backend/reads",
                            "/api/v1/metrics/blobcache?id=%2F42", "/api/v1/config?id=%2F",
                            "/api/v1/daemon/backend?mountpoint=%2F"})
     CHECK(c.roundtrip(request("GET", path)).status == 501);
