@@ -160,6 +160,8 @@ constexpr P2pCounter kP2pCounters[] = {
     {"fallbacks_to_origin", "Ranges this node fetched from the origin itself.", &p2p::P2pMetrics::fallbacks_to_origin},
     {"redirects_sent", "Askers of a hot unit sent to a holder.", &p2p::P2pMetrics::redirects_sent},
     {"redirects_followed", "Redirects to a holder this node followed.", &p2p::P2pMetrics::redirects_followed},
+    {"waits_sent", "Askers of a hot unit told to come back while no holder existed.", &p2p::P2pMetrics::waits_sent},
+    {"waits_followed", "Times this node waited before asking an owner again.", &p2p::P2pMetrics::waits_followed},
     {"refused_unsigned", "Peer-port requests refused: no signature.", &p2p::P2pMetrics::refused_unsigned},
     {"refused_bad_signature", "Peer-port requests refused: malformed or wrong signature.",
      &p2p::P2pMetrics::refused_bad_signature},

@@ -40,6 +40,8 @@ class P2pMetrics {
   std::atomic<uint64_t> fallbacks_to_origin{0};  // ranges the instance fetched from the origin itself
   std::atomic<uint64_t> redirects_followed{0};   // redirects to a holder this node followed
   std::atomic<uint64_t> redirects_sent{0};       // askers this node's server sent to holders
+  std::atomic<uint64_t> waits_sent{0};           // askers of a hot unit told to come back (no holder yet)
+  std::atomic<uint64_t> waits_followed{0};       // such answers this node waited out
   std::atomic<uint64_t> fallback_redirects{0};   // askers sent to the next owner just after start
   // Peer-port refusals by reason (p2p/peer_auth.h).
   std::atomic<uint64_t> refused_unsigned{0};

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "p2p/hot_units.h"
 #include "p2p/peer_server.h"
 
 namespace nydus::p2p {
@@ -200,21 +201,40 @@ void P2pNode::submit(std::function<void()> task) { pool_->submit(std::move(task)
 
 Status P2pNode::fetch_from_owner(const std::string& owner, const BlobLocation& loc, uint64_t blob_size,
                                  uint64_t offset, std::span<uint8_t> dst, std::string* source) {
-  *source = owner;
-  std::string holder;
-  Status s = client_->fetch_range(owner, loc, blob_size, offset, dst, {}, &holder);
-  if (holder.empty()) return s;
-  s = Status::not_found("holder " + holder + " is out of rendezvous here");
-  if (membership_->usable(holder)) {
-    metrics_.redirects_followed.fetch_add(1, std::memory_order_relaxed);
-    s = client_->fetch_range(holder, loc, blob_size, offset, dst, {.held_only = true});
+  const auto give_up_waiting = std::chrono::steady_clock::now() + std::chrono::milliseconds(config_.peer_stall_ms);
+  auto wait = std::chrono::milliseconds(kWaitFirst);
+  bool last_resort = false;
+  for (;;) {
+    *source = owner;
+    Referral referral;
+    Status s = client_->fetch_range(owner, loc, blob_size, offset, dst, {.no_redirect = last_resort}, &referral);
+    if (referral.holder.empty() && !referral.wait) return s;  // answered, or failed
+    bool waited = referral.wait;
+    // Sent to a holder: held bytes only, and on from holder to holder.
+    for (int hops = 0; !referral.holder.empty() && hops < kMaxRedirectHops; ++hops) {
+      const std::string holder = referral.holder;
+      referral = {};
+      if (!membership_->usable(holder)) break;
+      metrics_.redirects_followed.fetch_add(1, std::memory_order_relaxed);
+      s = client_->fetch_range(holder, loc, blob_size, offset, dst, {.held_only = true}, &referral);
+      if (s.ok()) {
+        *source = holder;
+        return s;
+      }
+      if (referral.wait) waited = true;
+      else if (referral.holder.empty() && s.code() != Code::kNotFound) membership_->report_failure(holder, false);
+    }
+    // The holders lacked the bytes: the owner serves, as a last resort.
+    // Told to wait: ask the owner again shortly (it will have holders).
+    if (!waited) {
+      last_resort = true;
+      continue;
+    }
+    metrics_.waits_followed.fetch_add(1, std::memory_order_relaxed);
+    std::this_thread::sleep_for(wait);
+    wait = std::min(2 * wait, std::chrono::milliseconds(kWaitMax));
+    if (std::chrono::steady_clock::now() >= give_up_waiting) last_resort = true;
   }
-  if (s.ok()) {
-    *source = holder;
-    return s;
-  }
-  if (s.code() != Code::kNotFound) membership_->report_failure(holder, false);
-  return client_->fetch_range(owner, loc, blob_size, offset, dst, {.no_redirect = true});
 }
 
 Status P2pNode::ensure_from_origin(StoredBlob& blob, const BlobLocation& loc, uint64_t offset, uint64_t length,

@@ -96,7 +96,7 @@ class PeerReader final : public backend::BlobReader {
       UninitBytes buf(end - first);
       node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
       const auto asked = Clock::now();
-      Status s = node_.client().fetch_range(*holder, ask, size, first, buf, {.held_only = true});
+      Status s = node_.client().fetch_range(*holder, ask, size, first, buf, {.held_only = true, .no_redirect = true});
       if (s.ok()) return accept(*holder, first, end, std::move(buf), asked, offset, dst);
       if (s.code() != Code::kNotFound) node_.membership().report_failure(*holder, false);
     }

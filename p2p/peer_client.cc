@@ -84,7 +84,7 @@ void PeerClient::sign(backend::HttpRequest& req, const BlobLocation& blob, const
 }
 
 Status PeerClient::fetch_range(const std::string& peer, const BlobLocation& blob, uint64_t blob_size,
-                               uint64_t offset, std::span<uint8_t> dst, RangeAsk ask, std::string* holder) {
+                               uint64_t offset, std::span<uint8_t> dst, RangeAsk ask, Referral* referral) {
   if (dst.empty()) return Status::Ok();
   backend::HttpRequest req = peer_request(peer, blob, "GET");
   req.headers.push_back(range_header(offset, dst.size()));
@@ -105,8 +105,12 @@ Status PeerClient::fetch_range(const std::string& peer, const BlobLocation& blob
     const std::string* to = res.header("x-nydus-holder");
     if (!to || to->empty() || !split_host_port(*to, "holder").ok())
       return Status::io(where + ": redirect without a valid X-Nydus-Holder");
-    if (holder) *holder = *to;
+    if (referral) referral->holder = *to;
     return Status::not_found(where + ": sent to holder " + *to);
+  }
+  if (res.status == 503 && res.header("x-nydus-wait")) {
+    if (referral) referral->wait = true;
+    return Status::not_found(where + ": told to come back later");
   }
   if (res.status != 206) return Status::io(where + ": answered " + std::to_string(res.status) + " to a range request");
   ContentRange cr;

@@ -39,10 +39,21 @@ inline constexpr const char* kLowPriorityHeader = "X-Nydus-Priority";
 // path: the asker cannot reach the origin itself (P2pNode::origin_via_peers).
 inline constexpr const char* kViaPeerHeader = "X-Nydus-Via-Peer";
 
+// A 503 that means "come back shortly" (a hot unit with no holder yet,
+// p2p/hot_units.h), not "ask the next owner".
+inline constexpr const char* kWaitHeader = "X-Nydus-Wait";
+
 // How to ask a peer for a range (p2p/hot_units.h, p2p/peer_server.cc).
 struct RangeAsk {
   bool held_only = false;    // answer only from the piece store (404 -> kNotFound), never the origin
-  bool no_redirect = false;  // do not send this asker to a holder
+  bool no_redirect = false;  // a last resort: do not send this asker away (to a holder, or to wait)
+};
+
+// Where a peer sent the asker instead of answering (kNotFound): to a
+// holder of a hot unit, or back later.
+struct Referral {
+  std::string holder;
+  bool wait = false;
 };
 
 class PeerClient {
@@ -51,10 +62,10 @@ class PeerClient {
 
   // Bytes [offset, offset + dst.size()) of the blob from `peer`
   // ("ADDR:PORT"); `blob_size` is what the Content-Range must say.
-  // A redirect to a holder of a hot unit is kNotFound with the holder in
-  // `*holder` (when given).
+  // A redirect to a holder of a hot unit, or a wait, is kNotFound with
+  // the referral in `*referral` (when given).
   Status fetch_range(const std::string& peer, const BlobLocation& blob, uint64_t blob_size, uint64_t offset,
-                     std::span<uint8_t> dst, RangeAsk ask = {}, std::string* holder = nullptr);
+                     std::span<uint8_t> dst, RangeAsk ask = {}, Referral* referral = nullptr);
   // This node's peer address, sent with every range request so an owner
   // can name it as a holder later.
   void set_self(const std::string& self) { self_ = self; }

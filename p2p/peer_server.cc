@@ -48,6 +48,7 @@ struct RequestContext {
   bool tracked = false;
   std::string digest;
   uint64_t unit = 0;
+  uint64_t first = 0, end = 0;  // the range uploaded
   std::string asker;
 };
 // How long a streaming upload waits for the next byte before giving up.
@@ -273,7 +274,7 @@ struct PeerServer::Impl {
     if (!ctx) return;
     if (ctx->counted_upload) static_cast<Impl*>(cls)->slots.release(ctx->low_priority);
     if (ctx->tracked)
-      static_cast<Impl*>(cls)->hot.end(ctx->digest, ctx->unit,
+      static_cast<Impl*>(cls)->hot.end(ctx->digest, ctx->unit, ctx->first, ctx->end,
                                        toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? ctx->asker : std::string());
     delete ctx;
   }
@@ -603,30 +604,50 @@ struct PeerServer::Impl {
     return true;
   }
 
-  // For a ranged GET from a peer that named itself: either answers with a
-  // redirect to a holder (returns true, *result set) or starts tracking the
-  // upload in `hot` (returns false).
+  // For a ranged GET from a peer that named itself (held bytes only or
+  // not): admits the upload in `hot` (tracked until it ends; returns
+  // false), or answers with a redirect to a holder or a wait (returns true,
+  // *result set). p2p/hot_units.h has the rule.
   bool spread(MHD_Connection* conn, const BlobLocation& loc, RequestContext& ctx, MHD_Result* result) {
     const char* asker = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kPeerHeader);
     const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
-    if (!asker || !range || MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kHeldOnlyHeader)) return false;
+    if (!asker || !range) return false;
     if (!split_host_port(asker, "asker").ok()) return false;
     auto span = parse_range_header(range, UINT64_MAX);
     if (!span.ok()) return false;
     const uint64_t unit = span->first / node.config().unit_size;
-    if (!MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kNoRedirectHeader)) {
-      if (std::string holder = hot.redirect_for(loc.digest, unit, asker); !holder.empty()) {
-        node.metrics().redirects_sent.fetch_add(1, std::memory_order_relaxed);
-        *result = redirect_to(conn, holder, loc);
-        return true;
-      }
+    const bool last_resort = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kNoRedirectHeader) != nullptr;
+    const uint64_t end = span->last + 1;
+    const HotUnits::Admission admission = hot.admit(loc.digest, unit, span->first, end, asker, last_resort);
+    if (admission.kind == HotUnits::Admission::kRedirect) {
+      node.metrics().redirects_sent.fetch_add(1, std::memory_order_relaxed);
+      *result = redirect_to(conn, admission.holder, loc);
+      return true;
     }
-    hot.begin(loc.digest, unit);
+    if (admission.kind == HotUnits::Admission::kWait) {
+      node.metrics().waits_sent.fetch_add(1, std::memory_order_relaxed);
+      *result = come_back_later(conn);
+      return true;
+    }
     ctx.tracked = true;
     ctx.digest = loc.digest;
     ctx.unit = unit;
+    ctx.first = span->first;
+    ctx.end = end;
     ctx.asker = asker;
     return false;
+  }
+
+  // 503 with X-Nydus-Wait: the unit's uploads are at capacity and no
+  // holder exists yet; the asker asks this node again shortly (unlike a
+  // plain 503, which sends it to the next owner).
+  MHD_Result come_back_later(MHD_Connection* conn) {
+    MHD_Response* r = MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, kWaitHeader, "1");
+    MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_SERVICE_UNAVAILABLE, r);
+    MHD_destroy_response(r);
+    return ret;
   }
 
   // serve_blob for a blob the store does not hold, on the asker's size

@@ -110,6 +110,27 @@ def test_p2p_cold_cluster_pulls_each_byte_once(n):
         assert_origin_within(c, 0, COLD_FACTOR, f"{n} nodes cold")
 
 
+def test_p2p_hot_units_spread_as_a_tree():
+    """8 nodes read the whole image at the same moment, in the same order,
+    with spread_uploads 1: an owner serves a unit's first asker itself and
+    sends later ones to holders of their bytes (or tells them to come back
+    while there is none), holders send askers on to the nodes they served.
+    Every file byte-exact on every node, the registry served <= 1.02x the
+    unique bytes, and redirects and waits were sent and followed."""
+    with ph.Cluster(nodes=8, p2p_extra={"spread_uploads": 1}) as c:
+        c.start_nodes()
+        reports = c.read_all()
+        assert all(r.files == len(c.image.files) for r in reports)
+        assert_origin_within(c, 0, COLD_FACTOR, "8 nodes, spread_uploads 1")
+        p2p = [n.metrics()["p2p"] for n in c.nodes]
+        totals = {k: sum(m[k] for m in p2p) for k in ("redirects_sent", "redirects_followed", "waits_sent",
+                                                       "waits_followed", "upload_bytes")}
+        uploads = sorted(m["upload_bytes"] for m in p2p)
+        print(f"tree: {totals}; uploads per node {uploads}")
+        assert totals["redirects_sent"] > 0 and totals["redirects_followed"] > 0, totals
+        assert totals["waits_sent"] > 0 and totals["waits_followed"] > 0, totals
+
+
 # ---------------------------------------------------------------------------
 # Remote-peer hit and a restarted node's piece store
 

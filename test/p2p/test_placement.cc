@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 
+#include "p2p/hot_units.h"
 #include "p2p/peer_health.h"
 #include "p2p/placement.h"
 #include "p2p/rendezvous.h"
@@ -138,4 +139,42 @@ TEST_CASE("PeerHealth: backoffs on the given clock, probes bring peers back", "[
   h.report_success("b");
   CHECK(h.usable("b"));
   CHECK(h.out_count() == 0);
+}
+
+TEST_CASE("HotUnits: first askers served, later ones sent to holders of their bytes, else told to wait",
+          "[p2p][hot]") {
+  const std::string d(64, 'c');
+  HotUnits hot(2);
+  using K = HotUnits::Admission;
+  // The first two askers of the unit are served at once.
+  CHECK(hot.admit(d, 0, 0, 100, "a", false).kind == K::kServe);
+  CHECK(hot.admit(d, 0, 0, 100, "b", false).kind == K::kServe);
+  // At capacity, nobody holds the bytes yet: come back later.
+  CHECK(hot.admit(d, 0, 0, 100, "c", false).kind == K::kWait);
+  CHECK(hot.waits() == 1);
+  // A last resort is always served.
+  CHECK(hot.admit(d, 0, 0, 100, "c", true).kind == K::kServe);
+  hot.end(d, 0, 0, 100, "c");
+  hot.end(d, 0, 0, 100, "a");
+  hot.end(d, 0, 0, 100, "");  // b's upload failed: not a holder
+  // Idle now but its first askers were served: later ones go to holders, round robin, never to themselves.
+  std::set<std::string> sent;
+  for (int i = 0; i < 4; ++i) {
+    HotUnits::Admission a = hot.admit(d, 0, 10, 90, "z", false);
+    REQUIRE(a.kind == K::kRedirect);
+    sent.insert(a.holder);
+  }
+  CHECK(sent == std::set<std::string>{"a", "c"});
+  HotUnits::Admission self = hot.admit(d, 0, 0, 100, "a", false);
+  CHECK((self.kind == K::kRedirect && self.holder == "c"));
+  // Bytes no holder has: served while there is capacity (nobody to send to) ...
+  CHECK(hot.admit(d, 0, 50, 150, "y", false).kind == K::kServe);
+  CHECK(hot.admit(d, 0, 50, 150, "x", false).kind == K::kServe);
+  // ... and waited for when there is none.
+  CHECK(hot.admit(d, 0, 50, 150, "w", false).kind == K::kWait);
+  // Another unit is independent; spread_uploads 0 never spreads.
+  CHECK(hot.admit(d, 1, 0, 100, "a", false).kind == K::kServe);
+  HotUnits off(0);
+  for (int i = 0; i < 10; ++i) CHECK(off.admit(d, 0, 0, 100, "a", false).kind == K::kServe);
+  CHECK(hot.redirects() == 5);
 }
