@@ -38,8 +38,8 @@ namespace nydus::p2p {
 // kMaxRedirectHops redirects from holder to holder before going back to
 // the owner as a last resort.
 inline constexpr std::chrono::milliseconds kWaitFirst{5};
-inline constexpr std::chrono::milliseconds kWaitMax{80};
-inline constexpr int kMaxRedirectHops = 8;
+inline constexpr std::chrono::milliseconds kWaitMax{20};
+inline constexpr int kMaxRedirectHops = 16;
 
 class HotUnits {
  public:

@@ -200,10 +200,10 @@ std::string P2pNode::not_ready() const {
 void P2pNode::submit(std::function<void()> task) { pool_->submit(std::move(task)); }
 
 Status P2pNode::fetch_from_owner(const std::string& owner, const BlobLocation& loc, uint64_t blob_size,
-                                 uint64_t offset, std::span<uint8_t> dst, std::string* source) {
+                                 uint64_t offset, std::span<uint8_t> dst, std::string* source, bool direct) {
   const auto give_up_waiting = std::chrono::steady_clock::now() + std::chrono::milliseconds(config_.peer_stall_ms);
   auto wait = std::chrono::milliseconds(kWaitFirst);
-  bool last_resort = false;
+  bool last_resort = direct;
   for (;;) {
     *source = owner;
     Referral referral;

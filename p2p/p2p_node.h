@@ -88,11 +88,13 @@ class P2pNode {
   // Asks the unit's owner `owner` for [offset, offset + dst.size()) of the
   // blob. When the owner sends the asker to a holder (a hot unit, or the
   // next owner just after it started), that holder is asked for held bytes
-  // only, unless this node has demoted it, and the owner again, not to be
-  // sent away, when the holder lacks them. *source: the member whose bytes
-  // are in `dst` (owner or holder).
+  // only, unless this node has demoted it, and on along the holders it
+  // names (p2p/hot_units.h); the owner again, not to be sent away, when
+  // they lack them; told to wait, the owner again shortly. `direct`: the
+  // owner is asked not to send this asker away at all (bytes from a holder
+  // failed verification). *source: the member whose bytes are in `dst`.
   Status fetch_from_owner(const std::string& owner, const BlobLocation& loc, uint64_t blob_size, uint64_t offset,
-                          std::span<uint8_t> dst, std::string* source);
+                          std::span<uint8_t> dst, std::string* source, bool direct = false);
 
   // Makes [offset, offset + length) of `blob` ready from the origin named
   // by `loc`, through the store's single-flight (StoredBlob::ensure),

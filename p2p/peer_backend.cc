@@ -86,7 +86,11 @@ class PeerReader final : public backend::BlobReader {
     const uint64_t g = node_.store().granule_size();
     const uint64_t first = offset / g * g;
     const uint64_t end = std::min(size, (offset + length + g - 1) / g * g);
-    const MissPlan plan = take_origin_only(offset, offset + length) ? MissPlan{} : node_.plan_miss(loc_.digest, unit);
+    // Bytes that failed verification once come from the owners directly
+    // (no holders, no redirects); twice, from the origin.
+    const uint32_t failures = failures_of(offset, offset + length);
+    MissPlan plan = failures >= 2 ? MissPlan{} : node_.plan_miss(loc_.digest, unit);
+    if (failures == 1) plan.previous_holder = plan.next_holder = "";
     const BlobLocation ask = asking();
     // Right after a membership change the unit may have moved away from a
     // peer that holds it, and just after this node started, the unit it
@@ -105,7 +109,7 @@ class PeerReader final : public backend::BlobReader {
       node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
       const auto asked = Clock::now();
       std::string source;
-      Status s = node_.fetch_from_owner(peer, ask, size, first, buf, &source);
+      Status s = node_.fetch_from_owner(peer, ask, size, first, buf, &source, /*direct=*/failures == 1);
       if (!s.ok()) {
         node_.metrics().peer_failures.fetch_add(1, std::memory_order_relaxed);
         count(metrics_.source("peer " + source), 0, asked, false);
@@ -165,13 +169,12 @@ class PeerReader final : public backend::BlobReader {
                static_cast<unsigned long long>(offset), static_cast<unsigned long long>(length),
                loc_.digest.substr(0, 12).c_str(), culprits[0].c_str());
       node_.membership().report_failure(culprits[0], true);
+      add_failure(offset, offset + length, 1);
     } else if (culprits.size() > 1) {
       LOG_WARN("p2p: bytes [%llu, +%llu) of blob %s from peers %s and %s failed verification; fetching them from the origin",
                static_cast<unsigned long long>(offset), static_cast<unsigned long long>(length),
                loc_.digest.substr(0, 12).c_str(), culprits[0].c_str(), culprits[1].c_str());
-      std::lock_guard<std::mutex> g(mu_);
-      origin_only_.push_back({offset, offset + length});
-      if (origin_only_.size() > kMaxHeldAnswers) origin_only_.pop_front();
+      add_failure(offset, offset + length, 2);
     }
     if (culprits.empty())
       LOG_WARN("p2p: bytes [%llu, +%llu) of blob %s failed verification; dropped from the piece store",
@@ -188,6 +191,7 @@ class PeerReader final : public backend::BlobReader {
     std::vector<std::pair<uint64_t, std::vector<uint8_t>>> to_store;
     {
       std::lock_guard<std::mutex> g(mu_);
+      std::erase_if(suspects_, [&](const Suspect& r) { return r.begin < offset + length && offset < r.end; });
       blob = blob_;
       if (!blob) return;
       const uint64_t granule = node_.store().granule_size();
@@ -265,13 +269,27 @@ class PeerReader final : public backend::BlobReader {
     return l;
   }
 
-  // True (and forgotten) when [offset, end) overlaps a range whose bytes
-  // must come from the origin next time.
-  bool take_origin_only(uint64_t offset, uint64_t end) {
+  // How often bytes overlapping [offset, end) failed verification since
+  // they last passed it (at most kMaxHeldAnswers ranges are remembered).
+  uint32_t failures_of(uint64_t offset, uint64_t end) {
     std::lock_guard<std::mutex> g(mu_);
-    const size_t before = origin_only_.size();
-    std::erase_if(origin_only_, [&](const std::pair<uint64_t, uint64_t>& r) { return r.first < end && offset < r.second; });
-    return origin_only_.size() != before;
+    uint32_t most = 0;
+    for (const Suspect& r : suspects_)
+      if (r.begin < end && offset < r.end) most = std::max(most, r.failures);
+    return most;
+  }
+  void add_failure(uint64_t offset, uint64_t end, uint32_t count) {
+    std::lock_guard<std::mutex> g(mu_);
+    uint32_t before = 0;
+    std::erase_if(suspects_, [&](const Suspect& r) {
+      if (r.begin >= end || offset >= r.end) return false;
+      before = std::max(before, r.failures);
+      offset = std::min(offset, r.begin);
+      end = std::max(end, r.end);
+      return true;
+    });
+    suspects_.push_back({offset, end, before + count});
+    if (suspects_.size() > kMaxHeldAnswers) suspects_.pop_front();
   }
 
   // A good answer from `peer` for [first, end): counted, the asked part
@@ -325,7 +343,13 @@ class PeerReader final : public backend::BlobReader {
   std::shared_ptr<StoredBlob> blob_;  // pinned while the reader lives
   std::deque<PeerAnswer> held_;  // recent peer answers, for report_good/report_bad
   std::unordered_map<uint64_t, PartialGranule> partial_;  // by granule index
-  std::deque<std::pair<uint64_t, uint64_t>> origin_only_;  // [begin, end) to fetch from the origin next
+  // Ranges whose bytes failed verification: fetched from owners directly
+  // after one failure, from the origin after two; forgotten once verified.
+  struct Suspect {
+    uint64_t begin = 0, end = 0;
+    uint32_t failures = 0;
+  };
+  std::deque<Suspect> suspects_;
 };
 
 class PeerBackend final : public backend::BlobBackend {

@@ -411,6 +411,13 @@ class Simulation {
         p.holders_asked = false;
         p.next_peer = 0;
         p.owner = OwnerLoop{};
+        // As PeerBackend: after one verification failure the owners directly,
+        // after two the origin.
+        if (p.attempt >= 2) p.plan = p2p::MissPlan{};
+        if (p.attempt == 1) {
+          p.plan.previous_holder = p.plan.next_holder = "";
+          p.owner.last_resort = true;
+        }
       }
       Answer got{Answer::kNotFound, t};
       if (!p.holders_asked) {
@@ -426,7 +433,7 @@ class Simulation {
         got = ask_owner(i, index_.at(p.plan.peers[p.next_peer]), blob, unit, first, end, t, p.owner);
         if (got.kind == Answer::kWait) return {false, got.at};
         t = got.at;
-        p.owner = OwnerLoop{};
+        p.owner = OwnerLoop{.last_resort = p.attempt == 1};
         if (got.kind != Answer::kOk) {
           if (got.kind == Answer::kFailed) n.health.report_failure(p.plan.peers[p.next_peer], false, at(t));
           ++p.next_peer;

@@ -91,7 +91,10 @@ def main():
     # 2. Failures at 1,000 nodes.
     cases = [("none", []), ("1% die mid-pull", ["--die-fraction", 0.01]), ("10% die mid-pull", ["--die-fraction", 0.1]),
              ("1% serve bad bytes", ["--bad-fraction", 0.01]),
-             ("50% stale DNS for 30 s (10% newest unseen)", ["--stale-fraction", 0.5])]
+             ("50% stale DNS for 30 s (10% newest unseen)", ["--stale-fraction", 0.5]),
+             ("whole image, none", ["--whole-image"]),
+             ("whole image, 10% die mid-pull", ["--whole-image", "--die-fraction", 0.1]),
+             ("whole image, 50% stale DNS for 30 s", ["--whole-image", "--stale-fraction", 0.5])]
     rows = []
     for name, extra in cases:
         r = run(a.sim, base + ["--nodes", 1000] + extra)
