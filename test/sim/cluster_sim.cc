@@ -88,12 +88,12 @@ struct Answer {
 struct Event {
   double t;
   uint64_t seq;
-  enum Kind { kStep, kUploadEnd } kind;
-  uint32_t node;    // kStep: the reader; kUploadEnd: the uploader
+  enum Kind { kStep, kUploadEnd, kHold } kind;
+  uint32_t node;    // kStep: the reader; kUploadEnd: the uploader; kHold: the downloader
   uint32_t blob = 0;
   uint64_t unit = 0;
   int64_t holder = -1;  // kUploadEnd: the asker that now holds [first, end) (-1: none)
-  uint64_t first = 0, end = 0;
+  uint64_t first = 0, end = 0;  // kUploadEnd, kHold: the bytes
   bool operator>(const Event& o) const { return t != o.t ? t > o.t : seq > o.seq; }
 };
 
@@ -140,6 +140,10 @@ class Simulation {
       const Event e = queue_.top();
       queue_.pop();
       ++result_.events;
+      if (e.kind == Event::kHold) {
+        nodes_[e.node].blobs[e.blob].add(e.first, e.end, e.t);
+        continue;
+      }
       if (e.kind == Event::kUploadEnd) {
         nodes_[e.node].hot.end(trace_.blobs[e.blob].digest, e.unit, e.first, e.end,
                                e.holder >= 0 ? nodes_[e.holder].address : std::string());
@@ -450,7 +454,10 @@ class Simulation {
           continue;
         }
         n.health.report_success(nodes_[got.source].address);
-        held.add(first, end, got.at);
+        // Bytes from a peer enter the store once all of them arrived and
+        // passed verification (PeerBackend::report_good), not while they
+        // arrive (unlike an origin fetch of the store's own).
+        push({got.at, 0, Event::kHold, i, blob, unit, -1, first, end});
         p.busy = false;
         return {true, got.at};
       }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the p2p-sim sweeps of issue "Scale past one machine" and writes, per
-sweep, a CSV (every column p2p-sim prints) and a PNG chart, plus summary.md
-with the tables p2p/README.md quotes.
+sweep, a CSV (every column p2p-sim prints) and PNG charts (gnuplot), plus
+summary.md with the tables p2p/README.md quotes.
 
     test/sim/sweep.py --sim build/test/sim/p2p-sim --out /tmp/sim [--quick]
 
@@ -12,11 +12,7 @@ import io
 import os
 import subprocess
 import sys
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import tempfile
 
 
 def run(sim, args):
@@ -33,6 +29,37 @@ def write_csv(path, rows, extra_keys):
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
+
+
+def plot(png, title, xlabel, series, logx=False, logy=False, labels=None):
+    """A gnuplot chart (the tool examples/bench-p2p.sh plots with): one line
+    per (name, xs, ys) series; `labels`: category names for x = 0, 1, ..."""
+    with tempfile.TemporaryDirectory() as tmp:
+        plots = []
+        for i, (name, xs, ys) in enumerate(series):
+            data = os.path.join(tmp, f"s{i}.dat")
+            with open(data, "w") as f:
+                f.writelines(f"{x} {y}\n" for x, y in zip(xs, ys))
+            style = "boxes fill solid 0.5" if labels else "linespoints pt 7"
+            plots.append(f"'{data}' using 1:2 with {style} " + ("notitle" if labels else f"title '{name}'"))
+        script = [f"set terminal pngcairo size 900,480 font ',10' noenhanced", f"set output '{png}'",
+                  f"set title '{title}'", f"set xlabel '{xlabel}'", "set grid", "set key left top",
+                  "set bmargin 9" if labels else "set bmargin 4", "set rmargin 8"]
+        if logx:
+            script.append("set logscale x")
+        if logy:
+            script.append("set logscale y")
+        if labels:
+            script += ["set boxwidth 0.6", "set yrange [0:*]", "set xtics rotate by -35",
+                       # xtic labels are formats: a literal % is %%
+                       "set xtics (" + ", ".join(f"'{n.replace('%', '%%')}' {i}" for i, n in enumerate(labels)) + ")"]
+        script.append("plot " + ", ".join(plots))
+        gp = os.path.join(tmp, "chart.gp")
+        with open(gp, "w") as f:
+            f.write("\n".join(script) + "\n")
+        out = subprocess.run(["gnuplot", gp], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"gnuplot failed for {png}: {out.stderr}")
 
 
 def table(rows, columns):
@@ -68,48 +95,36 @@ def main():
             r["start"] = start
             rows.append(r)
     write_csv(os.path.join(a.out, "scale.csv"), rows, ["start"])
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
-    for start in ("together", "staggered 60 s"):
-        sel = [r for r in rows if r["start"] == start]
-        xs = [int(r["nodes"]) for r in sel]
-        ax[0].plot(xs, [float(r["origin_bytes_ratio"]) for r in sel], "o-", label=start)
-        ax[1].plot(xs, [float(r["p99_completion_ratio"]) for r in sel], "o-", label=start + " p99")
-        ax[1].plot(xs, [float(r["p50_completion_ratio"]) for r in sel], "x--", label=start + " p50")
-        ax[2].plot(xs, [float(r["max_upload_ratio"]) for r in sel], "o-", label=start)
-    for axis, title in zip(ax, ("origin bytes / unique bytes", "completion / single node", "busiest upload / mean")):
-        axis.set_xscale("log")
-        axis.set_xlabel("nodes")
-        axis.set_title(title)
-        axis.grid(True, alpha=0.3)
-        axis.legend(fontsize=7)
-    ax[1].set_yscale("log")
-    ax[2].set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(os.path.join(a.out, "scale.png"), dpi=90)
+    for key, title in (("origin_bytes_ratio", "origin bytes / unique bytes"),
+                       ("p99_completion_ratio", "p99 completion / single-node time"),
+                       ("max_upload_ratio", "busiest node upload / mean upload")):
+        series = []
+        for start in ("together", "staggered 60 s"):
+            sel = [r for r in rows if r["start"] == start]
+            series.append((start, [r["nodes"] for r in sel], [r[key] for r in sel]))
+        plot(os.path.join(a.out, f"scale-{key}.png"), title, "nodes", series, logx=True, logy=True)
     summary += ["## Scale", "", table(rows, ["start", "nodes"] + RATIOS), ""]
 
     # 2. Failures at 1,000 nodes.
     cases = [("none", []), ("1% die mid-pull", ["--die-fraction", 0.01]), ("10% die mid-pull", ["--die-fraction", 0.1]),
              ("1% serve bad bytes", ["--bad-fraction", 0.01]),
-             ("50% stale DNS for 30 s (10% newest unseen)", ["--stale-fraction", 0.5]),
-             ("whole image, none", ["--whole-image"]),
-             ("whole image, 10% die mid-pull", ["--whole-image", "--die-fraction", 0.1]),
-             ("whole image, 50% stale DNS for 30 s", ["--whole-image", "--stale-fraction", 0.5])]
+             ("50% stale DNS 30 s", ["--stale-fraction", 0.5, "--stale-new-fraction", 0.3]),
+             ("whole image", ["--whole-image"]),
+             ("whole, 10% die", ["--whole-image", "--die-fraction", 0.1]),
+             ("whole, 50% stale DNS", ["--whole-image", "--stale-fraction", 0.5, "--stale-new-fraction", 0.3])]
     rows = []
     for name, extra in cases:
         r = run(a.sim, base + ["--nodes", 1000] + extra)
         r["case"] = name
         rows.append(r)
     write_csv(os.path.join(a.out, "failures.csv"), rows, ["case"])
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
     names = [r["case"] for r in rows]
-    ax[0].barh(names, [float(r["origin_bytes_ratio"]) for r in rows])
-    ax[0].set_title("origin bytes / unique bytes (1,000 nodes)")
-    ax[1].barh(names, [float(r["p99_completion_ratio"]) for r in rows])
-    ax[1].set_title("p99 completion / single node")
-    fig.tight_layout()
-    fig.savefig(os.path.join(a.out, "failures.png"), dpi=90)
-    summary += ["## Failures (1,000 nodes)", "", table(rows, ["case"] + RATIOS + ["died"]), ""]
+    for key, title in (("origin_bytes_ratio", "origin bytes / unique bytes (1,000 nodes)"),
+                       ("p99_completion_ratio", "p99 completion / single-node time (1,000 nodes)")):
+        plot(os.path.join(a.out, f"failures-{key}.png"), title, "", [(key, range(len(rows)), [r[key] for r in rows])],
+             labels=names)
+    summary += ["## Failures (1,000 nodes)", "",
+                "Stale DNS: half the nodes miss the newest 30% of nodes (a scale-out just before the start) in their answers for 30 s.", "", table(rows, ["case"] + RATIOS + ["died"]), ""]
 
     # 3. Links at 1,000 nodes.
     rows = []
@@ -117,17 +132,12 @@ def main():
         for node in (1, 10, 25):
             rows.append(run(a.sim, base + ["--nodes", 1000, "--registry-gbit", reg, "--node-gbit", node]))
     write_csv(os.path.join(a.out, "links.csv"), rows, [])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    series = []
     for reg in ("1", "10"):
         sel = [r for r in rows if r["registry_gbit"] == reg]
-        ax.plot([float(r["node_gbit"]) for r in sel], [float(r["p99_completion_ratio"]) for r in sel], "o-",
-                label=f"registry {reg} Gbit/s")
-    ax.set_xlabel("node link, Gbit/s")
-    ax.set_title("p99 completion / single node (1,000 nodes)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(a.out, "links.png"), dpi=90)
+        series.append((f"registry {reg} Gbit/s", [r["node_gbit"] for r in sel], [r["p99_completion_ratio"] for r in sel]))
+    plot(os.path.join(a.out, "links.png"), "p99 completion / single-node time (1,000 nodes)", "node link, Gbit/s",
+         series)
     summary += ["## Links (1,000 nodes)", "", table(rows, ["registry_gbit", "node_gbit", "single_node_s"] + RATIOS), ""]
 
     # 4. The design's knob for hot units, and a whole-image read.
@@ -138,18 +148,11 @@ def main():
     for n in (10, 100, 1000):
         rows.append(run(a.sim, base + ["--nodes", n, "--whole-image"]))
     write_csv(os.path.join(a.out, "design.csv"), rows, [])
-    fig, ax = plt.subplots(figsize=(6, 4))
     sel = [r for r in rows if r["trace"] != "whole-image"]
-    ax.plot([int(r["spread_uploads"]) for r in sel], [float(r["max_upload_ratio"]) for r in sel], "o-",
-            label="busiest upload / mean")
-    ax.plot([int(r["spread_uploads"]) for r in sel], [float(r["p99_completion_ratio"]) for r in sel], "x-",
-            label="p99 / single node")
-    ax.set_xlabel("p2p.spread_uploads (0 = no spreading)")
-    ax.set_title("hot-unit spreading, 1,000 nodes")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(a.out, "design.png"), dpi=90)
+    xs = [r["spread_uploads"] for r in sel]
+    plot(os.path.join(a.out, "design.png"), "hot-unit spreading, 1,000 nodes", "p2p.spread_uploads (0 = no spreading)",
+         [("busiest upload / mean", xs, [r["max_upload_ratio"] for r in sel]),
+          ("p99 completion / single node", xs, [r["p99_completion_ratio"] for r in sel])], logy=True)
     summary += ["## Hot-unit spreading and a whole-image read", "",
                 table(rows, ["trace", "nodes", "spread_uploads"] + RATIOS), ""]
 
