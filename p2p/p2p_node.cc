@@ -200,7 +200,24 @@ std::string P2pNode::not_ready() const {
 void P2pNode::submit(std::function<void()> task) { pool_->submit(std::move(task)); }
 
 Status P2pNode::fetch_from_owner(const std::string& owner, const BlobLocation& loc, uint64_t blob_size,
-                                 uint64_t offset, std::span<uint8_t> dst, std::string* source, bool direct) {
+                                 uint64_t offset, std::span<uint8_t> dst, std::string* source, bool direct,
+                                 std::pair<uint64_t, uint64_t> needed) {
+  const uint64_t end = offset + dst.size();
+  if (needed.first >= needed.second || needed.first < offset || needed.second > end) needed = {offset, end};
+  // The whole granules of `needed` (a holder has them), and the edges the
+  // owner fills in.
+  const uint64_t g = store_->granule_size();
+  const uint64_t inner_begin = (needed.first + g - 1) / g * g;
+  const uint64_t inner_end = needed.second == blob_size ? needed.second : needed.second / g * g;
+  const bool holders_can_help = inner_begin < inner_end;
+  // After a holder's answer: the edges from the owner, which always serves them.
+  auto fill_edges = [&]() -> Status {
+    for (auto [b, e] : {std::pair{offset, inner_begin}, std::pair{inner_end, end}})
+      if (b < e)
+        NYDUS_TRY(client_->fetch_range(owner, loc, blob_size, b, dst.subspan(b - offset, e - b), {.no_redirect = true}));
+    return Status::Ok();
+  };
+
   const auto give_up_waiting = std::chrono::steady_clock::now() + std::chrono::milliseconds(config_.peer_stall_ms);
   auto wait = std::chrono::milliseconds(kWaitFirst);
   bool last_resort = direct;
@@ -210,22 +227,37 @@ Status P2pNode::fetch_from_owner(const std::string& owner, const BlobLocation& l
     Status s = client_->fetch_range(owner, loc, blob_size, offset, dst, {.no_redirect = last_resort}, &referral);
     if (referral.holder.empty() && !referral.wait) return s;  // answered, or failed
     bool waited = referral.wait;
-    // Sent to a holder: held bytes only, and on from holder to holder.
+    const bool detour = referral.detour;
+    if (!holders_can_help && !referral.holder.empty() && !detour) {
+      last_resort = true;  // nothing a holder keeps: the owner serves
+      continue;
+    }
     for (int hops = 0; !referral.holder.empty() && hops < kMaxRedirectHops; ++hops) {
       const std::string holder = referral.holder;
       referral = {};
-      if (!membership_->usable(holder)) break;
+      if (!membership_->usable(holder)) {
+        waited = !detour;
+        break;
+      }
       metrics_.redirects_followed.fetch_add(1, std::memory_order_relaxed);
-      s = client_->fetch_range(holder, loc, blob_size, offset, dst, {.held_only = true}, &referral);
+      // The next owner of a detour fetched whole granules from the origin:
+      // all of the range from it. A holder of a hot unit: see above.
+      const bool whole = detour && hops == 0;
+      s = whole ? client_->fetch_range(holder, loc, blob_size, offset, dst, {.held_only = true}, &referral)
+                : client_->fetch_range(holder, loc, blob_size, inner_begin,
+                                       dst.subspan(inner_begin - offset, inner_end - inner_begin),
+                                       {.held_only = true}, &referral);
       if (s.ok()) {
         *source = holder;
-        return s;
+        return whole ? s : fill_edges();
       }
-      if (referral.wait) waited = true;
-      else if (referral.holder.empty() && s.code() != Code::kNotFound) membership_->report_failure(holder, false);
+      if (referral.wait) {
+        waited = true;
+      } else if (referral.holder.empty()) {
+        if (s.code() != Code::kNotFound) membership_->report_failure(holder, false);
+        waited = !detour;
+      }
     }
-    // The holders lacked the bytes: the owner serves, as a last resort.
-    // Told to wait: ask the owner again shortly (it will have holders).
     if (!waited) {
       last_resort = true;
       continue;

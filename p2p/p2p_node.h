@@ -86,15 +86,23 @@ class P2pNode {
                                                   const std::function<Result<uint64_t>()>& size_fn);
 
   // Asks the unit's owner `owner` for [offset, offset + dst.size()) of the
-  // blob. When the owner sends the asker to a holder (a hot unit, or the
-  // next owner just after it started), that holder is asked for held bytes
-  // only, unless this node has demoted it, and on along the holders it
-  // names (p2p/hot_units.h); the owner again, not to be sent away, when
-  // they lack them; told to wait, the owner again shortly. `direct`: the
-  // owner is asked not to send this asker away at all (bytes from a holder
-  // failed verification). *source: the member whose bytes are in `dst`.
+  // blob (granule-aligned). When the owner sends the asker to a holder (a
+  // hot unit, or the next owner just after it started), that holder is
+  // asked for held bytes only, unless this node has demoted it, and on
+  // along the holders it names (p2p/hot_units.h). A node keeps only bytes
+  // it verified: a holder has the chunks it read, `needed` here (absolute,
+  // inside the range; {0, 0} = all of it), so it is asked for the whole
+  // granules inside `needed`, and the owner, not to send this asker away,
+  // for the rest (at most a granule at each end); the next owner of a
+  // detour (it fetched whole granules) for all of it. A holder that lacks the
+  // bytes of a hot unit (the owner names it as soon as its upload left,
+  // before the holder verified it) or is told to wait: the owner again
+  // shortly; after a detour: the owner serves. `direct`: the owner is asked
+  // not to send this asker away at all (bytes from a holder failed
+  // verification). *source: the member whose bytes fill most of `dst`.
   Status fetch_from_owner(const std::string& owner, const BlobLocation& loc, uint64_t blob_size, uint64_t offset,
-                          std::span<uint8_t> dst, std::string* source, bool direct = false);
+                          std::span<uint8_t> dst, std::string* source, bool direct = false,
+                          std::pair<uint64_t, uint64_t> needed = {0, 0});
 
   // Makes [offset, offset + length) of `blob` ready from the origin named
   // by `loc`, through the store's single-flight (StoredBlob::ensure),

@@ -109,7 +109,8 @@ class PeerReader final : public backend::BlobReader {
       node_.metrics().peer_requests.fetch_add(1, std::memory_order_relaxed);
       const auto asked = Clock::now();
       std::string source;
-      Status s = node_.fetch_from_owner(peer, ask, size, first, buf, &source, /*direct=*/failures == 1);
+      Status s = node_.fetch_from_owner(peer, ask, size, first, buf, &source, /*direct=*/failures == 1,
+                                        {offset, offset + length});
       if (!s.ok()) {
         node_.metrics().peer_failures.fetch_add(1, std::memory_order_relaxed);
         count(metrics_.source("peer " + source), 0, asked, false);

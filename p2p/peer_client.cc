@@ -105,7 +105,10 @@ Status PeerClient::fetch_range(const std::string& peer, const BlobLocation& blob
     const std::string* to = res.header("x-nydus-holder");
     if (!to || to->empty() || !split_host_port(*to, "holder").ok())
       return Status::io(where + ": redirect without a valid X-Nydus-Holder");
-    if (referral) referral->holder = *to;
+    if (referral) {
+      referral->holder = *to;
+      referral->detour = res.header("x-nydus-detour") != nullptr;
+    }
     return Status::not_found(where + ": sent to holder " + *to);
   }
   if (res.status == 503 && res.header("x-nydus-wait")) {

@@ -50,9 +50,11 @@ struct RangeAsk {
 };
 
 // Where a peer sent the asker instead of answering (kNotFound): to a
-// holder of a hot unit, or back later.
+// holder of a hot unit, to the next owner just after its start (`detour`),
+// or back later.
 struct Referral {
   std::string holder;
+  bool detour = false;
   bool wait = false;
 };
 

@@ -40,6 +40,9 @@ constexpr const char* kHeldOnlyHeader = "X-Nydus-Held-Only";
 constexpr const char* kPeerHeader = "X-Nydus-Peer";
 constexpr const char* kHolderHeader = "X-Nydus-Holder";
 constexpr const char* kNoRedirectHeader = "X-Nydus-No-Redirect";
+// On a redirect to the next owner just after start (which only may hold
+// the bytes), not to a holder of a hot unit.
+constexpr const char* kDetourHeader = "X-Nydus-Detour";
 
 // Per request: the upload HotUnits tracks, if any.
 struct RequestContext {
@@ -565,10 +568,12 @@ struct PeerServer::Impl {
   // 307 to `holder` (X-Nydus-Holder; Location for HTTP clients): the asker
   // asks it for held bytes only and comes back with X-Nydus-No-Redirect
   // when it lacks them.
-  MHD_Result redirect_to(MHD_Connection* conn, const std::string& holder, const BlobLocation& loc) {
+  MHD_Result redirect_to(MHD_Connection* conn, const std::string& holder, const BlobLocation& loc,
+                         bool detour = false) {
     MHD_Response* r = MHD_create_response_from_buffer(0, nullptr, MHD_RESPMEM_PERSISTENT);
     if (!r) return MHD_NO;
     MHD_add_response_header(r, kHolderHeader, holder.c_str());
+    if (detour) MHD_add_response_header(r, kDetourHeader, "1");
     MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, ("http://" + holder + loc.path()).c_str());
     MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_TEMPORARY_REDIRECT, r);
     MHD_destroy_response(r);
@@ -600,7 +605,7 @@ struct PeerServer::Impl {
     const std::string next = node.fallback_owner(loc.digest, span->first / node.config().unit_size, asker);
     if (next.empty()) return false;
     node.metrics().fallback_redirects.fetch_add(1, std::memory_order_relaxed);
-    *result = redirect_to(conn, next, loc);
+    *result = redirect_to(conn, next, loc, /*detour=*/true);
     return true;
   }
 

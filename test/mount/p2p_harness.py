@@ -453,12 +453,12 @@ def _rate_bytes(rate):
     return float(m.group(1)) * scale / 8
 
 
-def _tbf(ns, dev, rate):
+def _tbf(ns, dev, rate, latency="100ms"):
     """tbf as examples/bench-registry.sh shapes its registry: burst 4 ms at
-    the rate (at least 64 KiB, a GSO packet), 100 ms of queue."""
+    the rate (at least 64 KiB, a GSO packet), `latency` of queue."""
     burst = max(int(_rate_bytes(rate) * 0.004), 65536)
     _run(["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "tbf", "rate", rate, "burst", str(burst),
-          "latency", "100ms"], ns=ns)
+          "latency", latency], ns=ns)
 
 
 # ---------------------------------------------------------------------------

@@ -277,12 +277,18 @@ class Simulation {
   }
 
   // An admitted upload from `from` to `to` of [first, end) whose bytes are
-  // there at `ready`; HotUnits hears of its end then.
+  // there at `ready`. HotUnits hears of its end when its last byte went
+  // into the sender's socket: the send buffer's worth (at the link's rate)
+  // before the asker has it.
   Answer upload(uint32_t from, uint32_t to, uint32_t blob, uint64_t unit, uint64_t first, uint64_t end,
                 double arrive, double ready) {
     Answer a = send(from, to, first, end, arrive, ready);
     const bool ok = a.kind == Answer::kOk;
-    push({ok ? a.at : std::min(a.at, nodes_[from].dies), 0, Event::kUploadEnd, from, blob, unit,
+    const double rate = std::min(nodes_[from].up.bytes_per_s, nodes_[to].down.bytes_per_s);
+    const double sent = std::max(arrive, a.at - static_cast<double>(std::min<uint64_t>(end - first,
+                                                                                        s_.send_buffer_kib << 10)) /
+                                                 rate);
+    push({ok ? sent : std::min(a.at, nodes_[from].dies), 0, Event::kUploadEnd, from, blob, unit,
           ok ? static_cast<int64_t>(to) : -1, first, end});
     return a;
   }
@@ -297,23 +303,32 @@ class Simulation {
     return send(holder, asker, first, end, t + hop(), ready);
   }
 
-  // A redirect chain from holder to holder (held bytes only): served, not
-  // found (back to the owner), failed, or told to wait (kWait in `waited`).
+  // A redirect chain from holder to holder (held bytes only): served, or
+  // not (back to the owner). *waited: the owner is asked again after a
+  // while (told to wait, or a hot unit's holder lacked the bytes or
+  // failed), else it serves as a last resort (after a detour).
   Answer follow(uint32_t asker, std::string holder, uint32_t blob, uint64_t unit, uint64_t first, uint64_t end,
-                double t, bool* waited) {
+                double t, bool detour, bool* waited) {
     Node& a = nodes_[asker];
     for (int hops = 0; hops < p2p::kMaxRedirectHops; ++hops) {
-      if (!a.health.usable(holder)) return {Answer::kNotFound, t};
+      if (!a.health.usable(holder)) {
+        *waited = *waited || !detour;
+        return {Answer::kNotFound, t};
+      }
       const uint32_t hi = index_.at(holder);
       Node& h = nodes_[hi];
       if (!alive(h, t + hop())) {
         Answer f = failed(h, t);
         a.health.report_failure(holder, false, at(f.at));
-        return f;
+        *waited = *waited || !detour;
+        return {Answer::kNotFound, f.at};
       }
       const double arrive = t + hop();
       const double ready = h.blobs[blob].ready_at(first, end);
-      if (ready == kNever) return {Answer::kNotFound, arrive + hop()};
+      if (ready == kNever) {
+        *waited = *waited || !detour;
+        return {Answer::kNotFound, arrive + hop()};
+      }
       const p2p::HotUnits::Admission adm = h.hot.admit(trace_.blobs[blob].digest, unit, first, end, a.address, false);
       if (adm.kind == p2p::HotUnits::Admission::kServe) return upload(hi, asker, blob, unit, first, end, arrive, ready);
       if (adm.kind == p2p::HotUnits::Admission::kWait) {
@@ -358,7 +373,7 @@ class Simulation {
       double back = arrive + hop();
       if (adm.kind == p2p::HotUnits::Admission::kRedirect) {
         if (detour.empty()) ++result_.redirects;
-        Answer a = follow(asker, adm.holder, blob, unit, first, end, back, &waited);
+        Answer a = follow(asker, adm.holder, blob, unit, first, end, back, !detour.empty(), &waited);
         if (a.kind == Answer::kOk) return a;
         back = a.at;
         if (!waited) {

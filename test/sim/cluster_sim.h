@@ -45,6 +45,7 @@ struct Scenario {
   double stale_new_fraction = 0.1;  // ... (this fraction of all, the last to join) ...
   double stale_s = 30;              // ... for this long
   uint32_t fetch_attempts = 3;      // the chunk reader's tries for bytes that fail verification (P2P on)
+  uint64_t send_buffer_kib = 512;   // an upload ends for its sender this much before the asker has it
   uint64_t seed = 1;
   p2p::P2pConfig p2p;               // the daemon's defaults unless changed
 };

@@ -58,6 +58,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--fetch-attempts", s.fetch_attempts, "tries for bytes that fail verification")
       ->check(CLI::Range(1u, 100u))->capture_default_str();
+  app.add_option("--send-buffer-kib", s.send_buffer_kib,
+                 "bytes an upload has in the sender's socket when the sender sees it end (TCP send buffer)")
+      ->capture_default_str();
   app.add_option("--seed", s.seed, "random seed (start times, which nodes fail)")->capture_default_str();
   app.add_flag("--no-header", no_header, "print the row only");
   CLI11_PARSE(app, argc, argv);
