@@ -25,32 +25,15 @@ class Holdings {
   // it, or kNever when a byte of it is not held nor arriving.
   double ready_at(uint64_t b, uint64_t e) const {
     double latest = 0;
-    uint64_t at = b;
-    auto it = ranges_.upper_bound(b);
-    if (it != ranges_.begin()) --it;
-    for (; it != ranges_.end() && at < e; ++it) {
-      const uint64_t rb = it->first, re = it->second.first;
-      if (re <= at) continue;
-      if (rb > at) return kNever;  // a gap
-      latest = std::max(latest, it->second.second);
-      at = re;
-    }
-    return at >= e ? latest : kNever;
+    bool gap = false;
+    walk(b, e, [&](double ready) { latest = std::max(latest, ready); }, [&](uint64_t, uint64_t) { gap = true; });
+    return gap ? kNever : latest;
   }
 
   // The parts of [b, e) not held nor arriving, in order.
   std::vector<std::pair<uint64_t, uint64_t>> missing(uint64_t b, uint64_t e) const {
     std::vector<std::pair<uint64_t, uint64_t>> out;
-    uint64_t at = b;
-    auto it = ranges_.upper_bound(b);
-    if (it != ranges_.begin()) --it;
-    for (; it != ranges_.end() && at < e; ++it) {
-      const uint64_t rb = it->first, re = it->second.first;
-      if (re <= at) continue;
-      if (rb > at) out.emplace_back(at, std::min(rb, e));
-      at = std::max(at, re);
-    }
-    if (at < e) out.emplace_back(at, e);
+    walk(b, e, [](double) {}, [&](uint64_t gb, uint64_t ge) { out.emplace_back(gb, ge); });
     return out;
   }
 
@@ -62,6 +45,23 @@ class Holdings {
   void clear() { ranges_.clear(); }
 
  private:
+  // Calls held(ready time) for each range overlapping [b, e) and gap(gb, ge)
+  // for each part of [b, e) no range covers, in order.
+  template <typename Held, typename Gap>
+  void walk(uint64_t b, uint64_t e, Held held, Gap gap) const {
+    uint64_t at = b;
+    auto it = ranges_.upper_bound(b);
+    if (it != ranges_.begin()) --it;
+    for (; it != ranges_.end() && at < e; ++it) {
+      const uint64_t rb = it->first, re = it->second.first;
+      if (re <= at) continue;
+      if (rb > at) gap(at, std::min(rb, e));
+      if (rb < e) held(it->second.second);
+      at = std::max(at, re);
+    }
+    if (at < e) gap(at, e);
+  }
+
   std::map<uint64_t, std::pair<uint64_t, double>> ranges_;  // begin -> (end, ready time)
 };
 
