@@ -210,7 +210,8 @@ Status P2pNode::fetch_from_owner(const std::string& owner, const BlobLocation& l
   const uint64_t inner_begin = (needed.first + g - 1) / g * g;
   const uint64_t inner_end = needed.second == blob_size ? needed.second : needed.second / g * g;
   const bool holders_can_help = inner_begin < inner_end;
-  // After a holder's answer: the edges from the owner, which always serves them.
+  // After a holder's answer: the edges from the owner, which always
+  // serves them.
   auto fill_edges = [&]() -> Status {
     for (auto [b, e] : {std::pair{offset, inner_begin}, std::pair{inner_end, end}})
       if (b < e)
@@ -241,9 +242,11 @@ Status P2pNode::fetch_from_owner(const std::string& owner, const BlobLocation& l
       }
       metrics_.redirects_followed.fetch_add(1, std::memory_order_relaxed);
       // The next owner of a detour fetched whole granules from the origin:
-      // all of the range from it. A holder of a hot unit: see above.
+      // all of the range from it, not to be sent on or told to wait (the
+      // owner would only detour again). A holder of a hot unit: see above.
       const bool whole = detour && hops == 0;
-      s = whole ? client_->fetch_range(holder, loc, blob_size, offset, dst, {.held_only = true}, &referral)
+      s = whole ? client_->fetch_range(holder, loc, blob_size, offset, dst, {.held_only = true, .no_redirect = true},
+                                       &referral)
                 : client_->fetch_range(holder, loc, blob_size, inner_begin,
                                        dst.subspan(inner_begin - offset, inner_end - inner_begin),
                                        {.held_only = true}, &referral);

@@ -329,7 +329,9 @@ class Simulation {
         *waited = *waited || !detour;
         return {Answer::kNotFound, arrive + hop()};
       }
-      const p2p::HotUnits::Admission adm = h.hot.admit(trace_.blobs[blob].digest, unit, first, end, a.address, false);
+      // The next owner of a detour is asked not to send the asker on.
+      const p2p::HotUnits::Admission adm =
+          h.hot.admit(trace_.blobs[blob].digest, unit, first, end, a.address, detour && hops == 0);
       if (adm.kind == p2p::HotUnits::Admission::kServe) return upload(hi, asker, blob, unit, first, end, arrive, ready);
       if (adm.kind == p2p::HotUnits::Admission::kWait) {
         *waited = true;
