@@ -53,6 +53,7 @@ struct RequestContext {
   uint64_t unit = 0;
   uint64_t first = 0, end = 0;  // the range uploaded
   std::string asker;
+  bool sending = false;  // the data response went out (not a refusal): a complete one makes the asker a holder
 };
 // How long a streaming upload waits for the next byte before giving up.
 constexpr auto kStreamStall = std::chrono::seconds(30);
@@ -277,8 +278,9 @@ struct PeerServer::Impl {
     if (!ctx) return;
     if (ctx->counted_upload) static_cast<Impl*>(cls)->slots.release(ctx->low_priority);
     if (ctx->tracked)
-      static_cast<Impl*>(cls)->hot.end(ctx->digest, ctx->unit, ctx->first, ctx->end,
-                                       toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? ctx->asker : std::string());
+      static_cast<Impl*>(cls)->hot.end(
+          ctx->digest, ctx->unit, ctx->first, ctx->end,
+          ctx->sending && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? ctx->asker : std::string());
     delete ctx;
   }
 
@@ -441,7 +443,7 @@ struct PeerServer::Impl {
     if (!known && !head && !loc.registry.empty())
       if (const char* h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, kSizeHintHeader); h && parse_dec(h, &hint) &&
           hint > 0)
-        return claim_upload(conn, ctx) ? serve_unknown_blob(conn, loc, hint) : busy(conn);
+        return claim_upload(conn, ctx) ? serve_unknown_blob(conn, loc, hint, ctx) : busy(conn);
     long origin_status = 0;
     auto blob = known ? Result<std::shared_ptr<StoredBlob>>(known)
                       : node.stored_blob(loc.digest, [&]() -> Result<uint64_t> {
@@ -561,6 +563,7 @@ struct PeerServer::Impl {
                                std::to_string(size))
                                   .c_str());
     MHD_Result ret = MHD_queue_response(conn, ranged ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK, r);
+    ctx.sending = ret == MHD_YES;
     MHD_destroy_response(r);
     return ret;
   }
@@ -657,7 +660,7 @@ struct PeerServer::Impl {
 
   // serve_blob for a blob the store does not hold, on the asker's size
   // hint (a ranged GET only).
-  MHD_Result serve_unknown_blob(MHD_Connection* conn, const BlobLocation& loc, uint64_t size) {
+  MHD_Result serve_unknown_blob(MHD_Connection* conn, const BlobLocation& loc, uint64_t size, RequestContext& ctx) {
     const char* range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE);
     if (!range) return refuse(conn, MHD_HTTP_BAD_REQUEST, std::string(kSizeHintHeader) + " needs a Range");
     auto span = parse_range_header(range, size);
@@ -687,6 +690,7 @@ struct PeerServer::Impl {
                              std::to_string(size))
                                 .c_str());
     MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_PARTIAL_CONTENT, r);
+    ctx.sending = ret == MHD_YES;
     MHD_destroy_response(r);
     return ret;
   }

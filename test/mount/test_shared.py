@@ -160,17 +160,27 @@ def test_shared_mode_snapshotter_sequence(tmp_path):
 
         # §4.4 D: metrics per instance (?id=/<sid>); without an id there are
         # several instances, so no answer; a read of n bytes adds n.
-        status, before, _ = call(d.sock, "GET", "/api/v1/metrics?id=%2F43")
-        assert status == 200 and before["id"] == "/43"
         size = os.path.getsize(d.mountpoint / "43" / "sync_io.rs")
-        fd = os.open(d.mountpoint / "43" / "sync_io.rs", os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            assert len(os.read(fd, size + 100)) == size
-        finally:
-            os.close(fd)
-        status, after, _ = call(d.sock, "GET", "/api/v1/metrics?id=%2F43")
-        assert after["data_read"] - before["data_read"] == size
+        # The page cache is dropped before the read; on a loaded machine the
+        # kernel may keep the pages once (the read then never reaches the
+        # daemon and adds 0): try again, but a read that reaches it must add
+        # exactly its bytes.
+        for attempt in range(5):
+            status, before, _ = call(d.sock, "GET", "/api/v1/metrics?id=%2F43")
+            assert status == 200 and before["id"] == "/43"
+            fd = os.open(d.mountpoint / "43" / "sync_io.rs", os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                assert len(os.read(fd, size + 100)) == size
+            finally:
+                os.close(fd)
+            status, after, _ = call(d.sock, "GET", "/api/v1/metrics?id=%2F43")
+            added = after["data_read"] - before["data_read"]
+            assert added in (0, size), (attempt, added, size)
+            if added:
+                break
+            time.sleep(0.2)
+        assert after["data_read"] - before["data_read"] == size, "the page cache was never dropped"
         assert after["fop_hits"][4] > before["fop_hits"][4]
         status, other, _ = call(d.sock, "GET", "/api/v1/metrics?id=%2F42")
         assert status == 200 and other["data_read"] < after["data_read"] + 1
