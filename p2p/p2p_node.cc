@@ -121,10 +121,6 @@ bool P2pNode::membership_changed_recently() const {
   return membership_->previous_members(previous_owner_window()) != nullptr;
 }
 
-std::string P2pNode::previous_owner(const std::string& digest, uint64_t unit) const {
-  return with_view([&](const MemberView& view) { return previous_unit_owner(view, digest, unit); });
-}
-
 MissPlan P2pNode::plan_miss(const std::string& digest, uint64_t unit) const {
   const bool fresh = just_started();
   return with_view(

@@ -66,10 +66,6 @@ class P2pNode {
   // The usable members in rendezvous order for unit `unit` of `digest`,
   // at most `limit`; this node is among them when it is a member.
   std::vector<std::string> owners(const std::string& digest, uint64_t unit, size_t limit) const;
-  // Right after a membership change: the unit's owner under the previous
-  // member list when it is another usable peer than the current owner (it
-  // likely holds the unit), else "".
-  std::string previous_owner(const std::string& digest, uint64_t unit) const;
   // True within that window after a membership change (askers ask previous
   // owners first then).
   bool membership_changed_recently() const;
